@@ -1,0 +1,44 @@
+"""Pure parsing of verified webchat requests into Events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from adapters.webim import parse_message_body
+from gateway.adapter import BadRequest
+from gateway.model import Event, Identity
+
+PLATFORM = "webchat"
+
+
+@dataclass
+class WebchatRaw:
+    account: str
+    kind: str  # message | bind
+    user_id: str
+    name: str | None
+    body: dict
+    received_at: datetime
+    request_id: str
+    max_text: int = 4000
+
+
+def parse(raw: WebchatRaw) -> list[Event]:
+    sender = Identity(PLATFORM, raw.account, raw.user_id)
+    profile = {"name": raw.name} if raw.name else {}
+    if raw.kind == "message":
+        message, client_msg_id = parse_message_body(raw.body, raw.max_text)
+        return [Event("message", "customer", sender, f"msg:{raw.user_id}:{client_msg_id}", raw.received_at,
+                      message=message, payload={"client_msg_id": client_msg_id}, profile=profile)]
+    if raw.kind == "bind":
+        invite = raw.body.get("invite")
+        if not isinstance(invite, str) or not 1 <= len(invite) <= 32:
+            raise BadRequest("invite must be the invite code", field="invite")
+        consent = raw.body.get("consent")
+        if not isinstance(consent, bool):
+            raise BadRequest("consent must be true or false", field="consent")
+        return [Event("bind", "customer", sender, f"bind:{raw.request_id}", raw.received_at,
+                      payload={"invite": invite.strip().lower(), "consent": consent}, profile=profile,
+                      reply_required=True)]
+    raise BadRequest(f"unknown request kind {raw.kind!r}")

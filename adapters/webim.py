@@ -1,0 +1,147 @@
+"""What the two built-in web channels (webchat for customers, workbench for clerks) share:
+the JSON message body, the wire shape of a message, bearer tokens and the live WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from gateway.adapter import BadRequest, Receipt, Unauthorized
+from gateway.model import Message, Segment
+
+# Segments a client may send; cards and coupons are only ever sent by the gateway.
+CLIENT_SEGMENTS = frozenset({"text", "image", "file", "link", "location", "voice"})
+WEB_SEGMENTS = frozenset({"text", "image", "file", "link", "product", "coupon", "location", "voice"})
+
+
+async def read_json(request: web.Request, max_body: int) -> dict:
+    if request.content_length is not None and request.content_length > max_body:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=request.content_length)
+    body = await request.read()  # aiohttp enforces client_max_size while reading
+    if len(body) > max_body:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=len(body))
+    try:
+        data = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data
+
+
+def bearer(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[7:].strip()
+    token = request.query.get("token", "")  # browsers cannot set headers on a WebSocket
+    if not token:
+        raise Unauthorized("missing bearer token")
+    return token
+
+
+def _str(body: dict, key: str, *, required: bool, max_len: int) -> str | None:
+    v = body.get(key)
+    if v is None:
+        if required:
+            raise BadRequest(f"{key} is required", field=key)
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise BadRequest(f"{key} must be a non-empty string", field=key)
+    if len(v) > max_len:
+        raise BadRequest(f"{key} is longer than {max_len} characters", field=key)
+    return v
+
+
+def parse_message_body(body: dict, max_text: int) -> tuple[Message, str]:
+    """`{"text" | "segments", "client_msg_id"}` → (Message, client_msg_id); BadRequest if malformed."""
+    client_msg_id = _str(body, "client_msg_id", required=True, max_len=128)
+    text = _str(body, "text", required=False, max_len=max_text)
+    raw_segments = body.get("segments")
+    if (text is None) == (raw_segments is None):
+        raise BadRequest("give exactly one of text or segments", field="text")
+    if text is not None:
+        return Message([Segment.text(text)]), client_msg_id
+    if not isinstance(raw_segments, list) or not 1 <= len(raw_segments) <= 20:
+        raise BadRequest("segments must be a list of 1 to 20 objects", field="segments")
+    segments = []
+    for i, seg in enumerate(raw_segments):
+        if not isinstance(seg, dict) or seg.get("type") not in CLIENT_SEGMENTS:
+            raise BadRequest(f"segments[{i}].type must be one of {sorted(CLIENT_SEGMENTS)}", field=f"segments[{i}]")
+        data = {k: v for k, v in seg.items() if k != "type"}
+        if not all(isinstance(v, str | int | float) for v in data.values()):
+            raise BadRequest(f"segments[{i}] values must be strings or numbers", field=f"segments[{i}]")
+        if seg["type"] == "text" and not (isinstance(data.get("text"), str) and 0 < len(data["text"]) <= max_text):
+            raise BadRequest(f"segments[{i}].text must be 1..{max_text} characters", field=f"segments[{i}].text")
+        for key in ("url",):
+            if key in data and not str(data[key]).startswith(("https://", "http://")):
+                raise BadRequest(f"segments[{i}].url must be an http(s) URL", field=f"segments[{i}].url")
+        segments.append(Segment(seg["type"], data))
+    return Message(segments), client_msg_id
+
+
+def wire_item(*, id: int | None, direction: str, message: Message, created_at: str, status: str | None = None,
+              client_msg_id: str | None = None) -> dict[str, Any]:
+    """One message as the web clients see it, in history and on the WebSocket alike."""
+    return {
+        "type": "message",
+        "id": id,
+        "direction": direction,
+        "text": message.plain_text,
+        "segments": [s.to_dict() for s in message.render(WEB_SEGMENTS)],
+        "sender": {"name": message.sender_name} if message.sender_name else None,
+        "status": status,
+        "client_msg_id": client_msg_id,
+        "created_at": created_at,
+    }
+
+
+def history_item(row: dict) -> dict[str, Any]:
+    msg = Message([Segment.from_dict(s) for s in row["segments"]], row.get("sender_name"))
+    return wire_item(id=row["id"], direction=row["direction"], message=msg, created_at=row["created_at"],
+                     status=row["status"], client_msg_id=row.get("client_msg_id"))
+
+
+async def live(request: web.Request, hub, account: str, external_id: str, heartbeat: float = 25.0) -> web.WebSocketResponse:
+    """Push this peer's messages until the client goes away. Clients catch up with `?after=`."""
+    ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=4096)
+    await ws.prepare(request)
+    queue = hub.subscribe(account, external_id)
+
+    async def pump() -> None:
+        while True:
+            await ws.send_json(await queue.get())
+
+    pumper = asyncio.create_task(pump())
+    try:
+        async for msg in ws:  # clients only ping; anything else is ignored
+            if msg.type == WSMsgType.TEXT and msg.data == "ping":
+                await ws.send_str("pong")
+            elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                break
+    finally:
+        pumper.cancel()
+        hub.unsubscribe(account, external_id, queue)
+        await asyncio.gather(pumper, return_exceptions=True)
+    return ws
+
+
+def history_params(request: web.Request) -> tuple[int, int]:
+    try:
+        after = int(request.query.get("after", "0") or 0)
+        limit = min(200, max(1, int(request.query.get("limit", "50"))))
+    except ValueError:
+        raise BadRequest("after and limit must be integers", field="after") from None
+    return after, limit
+
+
+def push(hub, account: str, peer_id: str, message: Message) -> Receipt:
+    """Deliver to the peer's open pages. The message is stored already, so an offline peer sees it
+    in the history on their next visit; delivered means a live page received it now."""
+    ref = message.ref or {}
+    item = wire_item(id=ref.get("id"), direction="out", message=message, created_at=ref.get("created_at", ""),
+                     status="sent")
+    n = hub.publish(account, peer_id, item)
+    return Receipt(platform_msg_id=str(ref["id"]) if ref.get("id") else None, delivered=n > 0)

@@ -1,0 +1,103 @@
+"""Workbench adapter: a clerk's web IM at /workbench/ — one conversation with the gateway, like a
+DingTalk or WeCom robot chat, so the relay and command bots work unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from adapters.webim import bearer, history_params, live, read_json
+from adapters.workbench import api, codec, crypto, events
+from adapters.workbench.config import WorkbenchConfig
+from gateway.adapter import Adapter, BadRequest, Capabilities, RouteDef, Unauthorized, register
+from gateway.ingress import error_response
+from gateway.model import Identity
+
+PAGE = Path(__file__).parent / "static" / "index.html"
+
+
+@register
+class WorkbenchAdapter(Adapter):
+    platform = "workbench"
+    side = "clerk"
+    caps = Capabilities(segments=codec.SEGMENTS, rate_per_sec=500, burst=500)
+    config_class = WorkbenchConfig
+    config: WorkbenchConfig
+
+    def routes(self) -> list[RouteDef]:
+        b = f"/{self.account}"
+        return [
+            RouteDef("GET", b, self._redirect_page),
+            RouteDef("GET", f"{b}/", self._page),
+            RouteDef("GET", f"{b}/api/me", self._me),
+            RouteDef("POST", f"{b}/api/messages", self._ingest),
+            RouteDef("GET", f"{b}/api/messages", self._history),
+            RouteDef("GET", f"{b}/api/customers", self._customers),
+            RouteDef("GET", f"{b}/api/ws", self._ws),
+        ]
+
+    async def _ingest(self, request: web.Request) -> web.StreamResponse:
+        return await self.host.ingest(self, request)
+
+    async def verify(self, request: web.Request) -> events.WorkbenchRaw:
+        clerk_id = await crypto.clerk_of(self.host, bearer(request))
+        body = await read_json(request, self.host.max_body)
+        return events.WorkbenchRaw(self.account, clerk_id, body, self.host.clock.now(), self.config.max_text)
+
+    def parse(self, raw: events.WorkbenchRaw):
+        return events.parse(raw)
+
+    def ack(self, raw: events.WorkbenchRaw, results, duplicate: bool) -> web.Response:
+        return web.json_response(
+            {"client_msg_id": raw.body.get("client_msg_id"), "duplicate": duplicate, "status": "accepted"}, status=202
+        )
+
+    async def send(self, target, message, *, idem_key: str):
+        return api.push(self.host.hub(), self.account, target.identity.external_id, message)
+
+    async def _clerk(self, request: web.Request) -> int:
+        return await crypto.clerk_of(self.host, bearer(request))
+
+    async def _guard(self, request: web.Request, fn):
+        try:
+            return await fn(await self._clerk(request))
+        except Unauthorized as e:
+            return error_response(401, "unauthorized", str(e))
+        except BadRequest as e:
+            return error_response(e.status, e.code, str(e), e.field)
+
+    async def _me(self, request: web.Request) -> web.StreamResponse:
+        async def run(clerk_id: int):
+            clerk = await self.host.query("clerk_profile", clerk_id=clerk_id)
+            if clerk is None:
+                raise Unauthorized("this clerk no longer exists")
+            return web.json_response({"clerk": clerk})
+
+        return await self._guard(request, run)
+
+    async def _history(self, request: web.Request) -> web.StreamResponse:
+        async def run(clerk_id: int):
+            after, limit = history_params(request)
+            items = await self.host.history(Identity(self.platform, self.account, str(clerk_id)), after, limit)
+            return web.json_response({"items": items, "next": items[-1]["id"] if items else after})
+
+        return await self._guard(request, run)
+
+    async def _customers(self, request: web.Request) -> web.StreamResponse:
+        async def run(clerk_id: int):
+            return web.json_response({"items": await self.host.query("clerk_customers", clerk_id=clerk_id)})
+
+        return await self._guard(request, run)
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        async def run(clerk_id: int):
+            return await live(request, self.host.hub(), self.account, str(clerk_id))
+
+        return await self._guard(request, run)
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(PAGE, headers={"Cache-Control": "no-cache"})
+
+    async def _redirect_page(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"/{self.account}/" + (f"?{request.query_string}" if request.query_string else ""))

@@ -1,0 +1,3 @@
+"""Advisor Gateway (导购网关)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,183 @@
+"""The adapter interface, its capabilities, errors and the platform registry.
+
+An adapter speaks one platform: verify, parse (pure), ack, send, start/stop. It never touches the
+database and never routes; what it needs from the gateway comes through the narrow `Host` port.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from gateway.model import Event, Identity, Message, Target
+
+BUILTIN_ADAPTERS = ("adapters.webchat", "adapters.workbench")
+
+
+class Unauthorized(Exception):
+    """Bad signature or token: 401, nothing stored."""
+
+
+class BadRequest(Exception):
+    """Malformed input: 400 (or `status`), nothing stored."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 400, code: str = "bad_request"):
+        super().__init__(message)
+        self.field, self.status, self.code = field, status, code
+
+
+class Retryable(Exception):
+    """A send that may succeed later (timeouts, 5xx, throttling)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Permanent(Exception):
+    """A send that will never succeed as is; `code` keeps the platform's own error code."""
+
+    def __init__(self, message: str, *, code: str | None = None, hold: bool = False):
+        super().__init__(message)
+        self.code, self.hold = code, hold
+
+
+@dataclass
+class Receipt:
+    platform_msg_id: str | None = None
+    delivered: bool = False  # True when the platform confirms delivery synchronously
+
+
+@dataclass
+class Capabilities:
+    """Each platform's rules, read by the outbox and the policies."""
+
+    segments: frozenset[str] = frozenset({"text"})
+    rate_per_sec: float = 20.0  # outbound calls per second per account
+    burst: int = 20
+    reply_window: timedelta | None = None  # e.g. 48 h on the Official Account
+    max_text_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RouteDef:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    name: str | None = None
+
+
+class AccountConfig(BaseModel):
+    """Keys every account has; each platform's config class adds its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    platform: str
+    rate_per_sec: float | None = Field(None, gt=0)  # override the platform's default cap
+
+
+class Principal(Protocol):
+    role: str
+    clerk_id: int | None
+    store_id: int | None
+
+
+class Host(Protocol):
+    """What the gateway offers adapters. Adapters call it; it never calls into platform code."""
+
+    clock: Any
+    max_body: int
+
+    async def ingest(self, adapter: Adapter, request: web.Request) -> web.StreamResponse: ...
+
+    async def principal(self, token: str) -> Principal | None: ...
+
+    async def history(self, identity: Identity, after: int, limit: int) -> list[dict]: ...
+
+    async def query(self, name: str, **kwargs: Any) -> Any: ...
+
+    def hub(self) -> Any: ...
+
+
+class Adapter(ABC):
+    platform: ClassVar[str]
+    side: ClassVar[Literal["customer", "clerk"]]
+    caps: ClassVar[Capabilities]
+    config_class: ClassVar[type[AccountConfig]]
+
+    def __init__(self, config: AccountConfig, host: Host):
+        self.config = config
+        self.host = host
+        self.account = config.name
+
+    def capabilities(self) -> Capabilities:
+        if self.config.rate_per_sec:
+            return Capabilities(**{**self.caps.__dict__, "rate_per_sec": self.config.rate_per_sec})
+        return self.caps
+
+    def routes(self) -> list[RouteDef]:
+        return []
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abstractmethod
+    async def verify(self, request: web.Request) -> Any:
+        """Check signature / token and decode the body; raise Unauthorized or BadRequest."""
+
+    @abstractmethod
+    def parse(self, raw: Any) -> list[Event]:
+        """Pure: a verified payload to normalised Events. Raise BadRequest for malformed input."""
+
+    @abstractmethod
+    def ack(self, raw: Any, results: list[Any], duplicate: bool) -> web.StreamResponse:
+        """What the platform expects back once the input is durably claimed."""
+
+    @abstractmethod
+    async def send(self, target: Target, message: Message, *, idem_key: str) -> Receipt:
+        """Deliver; raise Retryable or Permanent."""
+
+
+_registry: dict[str, type[Adapter]] = {}
+_loaded = False
+
+
+def register(cls: type[Adapter]) -> type[Adapter]:
+    _registry[cls.platform] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for mod in BUILTIN_ADAPTERS:
+            importlib.import_module(f"{mod}.adapter")
+
+
+def platforms() -> list[str]:
+    _load_builtin()
+    return sorted(_registry)
+
+
+def adapter_class(platform: str) -> type[Adapter] | None:
+    _load_builtin()
+    return _registry.get(platform)
+
+
+def account_config_class(platform: str) -> type[AccountConfig] | None:
+    cls = adapter_class(platform)
+    return cls.config_class if cls else None

@@ -1,0 +1,247 @@
+"""Customers, their channel identities, advisors (bindings), handles and invites."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from gateway.model import Identity, Target
+from gateway.models import Binding, Clerk, ClerkIdentity, Customer, Handle, Invite, QueueEntry
+from gateway.models import Identity as IdentityRow
+
+_INVITE_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o/1/l/i: read aloud in a store
+
+
+def customer_name(customer: Customer | None, identity: IdentityRow | None = None) -> str:
+    if customer is not None and customer.name:
+        return customer.name
+    if identity is not None and identity.profile and identity.profile.get("name"):
+        return str(identity.profile["name"])
+    return f"顾客{customer.id}" if customer is not None else "顾客"
+
+
+async def resolve_customer(session, ident: Identity, profile: dict, now: datetime) -> tuple[Customer, IdentityRow]:
+    """Find or create the customer behind a channel identity. The UNIQUE index settles races."""
+    q = select(IdentityRow, Customer).join(Customer, Customer.id == IdentityRow.customer_id).where(
+        IdentityRow.platform == ident.platform,
+        IdentityRow.account == ident.account,
+        IdentityRow.external_id == ident.external_id,
+    )
+    row = (await session.exec(q)).first()
+    name = (profile or {}).get("name")
+    if row is not None:
+        identity, customer = row
+        identity.last_seen_at = now
+        if name and (identity.profile or {}).get("name") != name:
+            identity.profile = {**(identity.profile or {}), **profile}
+        if name and not customer.name and customer.erased_at is None:
+            customer.name = name
+        if customer.last_identity_id != identity.id:
+            customer.last_identity_id = identity.id
+        return customer, identity
+    try:
+        async with session.begin_nested():
+            customer = Customer(name=name, created_at=now)
+            session.add(customer)
+            await session.flush()
+            identity = IdentityRow(
+                customer_id=customer.id,
+                platform=ident.platform,
+                account=ident.account,
+                external_id=ident.external_id,
+                unionid=(profile or {}).get("unionid"),
+                profile=profile or {},
+                created_at=now,
+                last_seen_at=now,
+            )
+            session.add(identity)
+            await session.flush()
+            customer.last_identity_id = identity.id
+    except IntegrityError:  # another request created it first
+        return await resolve_customer(session, ident, profile, now)
+    return customer, identity
+
+
+async def open_binding(session, customer_id: int) -> tuple[Binding, Clerk] | None:
+    q = (
+        select(Binding, Clerk)
+        .join(Clerk, Clerk.id == Binding.clerk_id)
+        .where(Binding.customer_id == customer_id, Binding.valid_to.is_(None))
+    )
+    return (await session.exec(q)).first()
+
+
+async def clerk_by_identity(session, ident: Identity) -> Clerk | None:
+    if ident.platform == "workbench":  # the workbench's user id is the clerk id
+        return await session.get(Clerk, int(ident.external_id)) if ident.external_id.isdigit() else None
+    q = select(Clerk).join(ClerkIdentity, ClerkIdentity.clerk_id == Clerk.id).where(
+        ClerkIdentity.platform == ident.platform,
+        ClerkIdentity.account == ident.account,
+        ClerkIdentity.external_id == ident.external_id,
+    )
+    return (await session.exec(q)).first()
+
+
+async def clerk_target(session, clerk: Clerk, clerk_accounts: dict[str, str]) -> Target | None:
+    """Where to reach a clerk: the work IM they last used, else their first identity, else the workbench.
+
+    clerk_accounts maps configured clerk-side account names to their platform.
+    """
+    rows = (await session.exec(select(ClerkIdentity).where(ClerkIdentity.clerk_id == clerk.id))).all()
+    by_account = {r.account: r for r in rows if r.account in clerk_accounts}
+    workbench = [a for a, p in clerk_accounts.items() if p == "workbench"]
+    order = [clerk.last_work_account] if clerk.last_work_account else []
+    order += [r.account for r in rows] + workbench
+    for account in order:
+        if account in by_account:
+            r = by_account[account]
+            return Target(Identity(r.platform, r.account, r.external_id), clerk_id=clerk.id)
+        if account in workbench:
+            return Target(Identity("workbench", account, str(clerk.id)), clerk_id=clerk.id)
+    return None
+
+
+async def customer_target(session, customer: Customer) -> Target | None:
+    """The customer's channel: the identity they last wrote from."""
+    ident = await session.get(IdentityRow, customer.last_identity_id) if customer.last_identity_id else None
+    if ident is None:
+        ident = (
+            await session.exec(
+                select(IdentityRow).where(IdentityRow.customer_id == customer.id).order_by(IdentityRow.id.desc())
+            )
+        ).first()
+    if ident is None:
+        return None
+    return Target(Identity(ident.platform, ident.account, ident.external_id), customer_id=customer.id)
+
+
+async def handle_for(session, clerk_id: int, customer_id: int) -> int:
+    """The clerk's stable `#n` for this customer, allocated on first use."""
+    q = select(Handle.n).where(Handle.clerk_id == clerk_id, Handle.customer_id == customer_id)
+    n = (await session.exec(q)).first()
+    if n is not None:
+        return n
+    for _ in range(5):
+        top = (await session.exec(select(func.max(Handle.n)).where(Handle.clerk_id == clerk_id))).first()
+        try:
+            async with session.begin_nested():
+                session.add(Handle(clerk_id=clerk_id, customer_id=customer_id, n=(top or 0) + 1))
+                await session.flush()
+            return (top or 0) + 1
+        except IntegrityError:
+            n = (await session.exec(q)).first()
+            if n is not None:
+                return n
+    raise RuntimeError("could not allocate a customer handle")
+
+
+async def customer_by_handle(session, clerk_id: int, n: int) -> Customer | None:
+    q = select(Customer).join(Handle, Handle.customer_id == Customer.id).where(Handle.clerk_id == clerk_id, Handle.n == n)
+    return (await session.exec(q)).first()
+
+
+async def create_invite(session, clerk_id: int, *, source: str | None = None, campaign_id: int | None = None) -> Invite:
+    for _ in range(5):
+        code = "".join(secrets.choice(_INVITE_ALPHABET) for _ in range(8))
+        try:
+            async with session.begin_nested():
+                invite = Invite(code=code, clerk_id=clerk_id, source=source, campaign_id=campaign_id)
+                session.add(invite)
+                await session.flush()
+            return invite
+        except IntegrityError:
+            continue
+    raise RuntimeError("could not allocate an invite code")
+
+
+@dataclass
+class BindOutcome:
+    status: str  # bound | already_bound | conflict | invite_not_found | clerk_unavailable
+    clerk: Clerk | None = None
+    binding: Binding | None = None
+    previous: Binding | None = None
+
+
+async def bind(session, customer: Customer, invite_code: str, *, policy: str, now: datetime) -> BindOutcome:
+    """Bind a customer to the invite's clerk under the binding policy. Never rewrites history."""
+    invite = (await session.exec(select(Invite).where(Invite.code == invite_code))).first()
+    if invite is None:
+        return BindOutcome("invite_not_found")
+    clerk = await session.get(Clerk, invite.clerk_id)
+    if clerk is None or clerk.status != "active":
+        return BindOutcome("clerk_unavailable", clerk=clerk)
+    current = await open_binding(session, customer.id)
+    if current is not None:
+        binding, bound_clerk = current
+        if bound_clerk.id == clerk.id:
+            return BindOutcome("already_bound", clerk=clerk, binding=binding)
+        if policy != "latest_wins":
+            return BindOutcome("conflict", clerk=bound_clerk, binding=binding)
+        await session.execute(
+            update(Binding).where(Binding.id == binding.id).values(valid_to=now, end_reason="rebound")
+        )
+        previous = binding
+    else:
+        previous = None
+    new = Binding(
+        customer_id=customer.id,
+        clerk_id=clerk.id,
+        store_id=clerk.store_id,
+        valid_from=now,
+        source=f"invite:{invite.source}" if invite.source else "invite",
+        invite_id=invite.id,
+    )
+    session.add(new)
+    customer.store_id = clerk.store_id
+    await session.flush()
+    await session.execute(
+        update(QueueEntry)
+        .where(QueueEntry.customer_id == customer.id, QueueEntry.resolved_at.is_(None))
+        .values(resolved_at=now)
+    )
+    return BindOutcome("bound", clerk=clerk, binding=new, previous=previous)
+
+
+async def enqueue_unassigned(session, customer: Customer, reason: str, now: datetime) -> bool:
+    """Put the customer in their store's unassigned queue; False if already waiting there."""
+    exists = (
+        await session.exec(
+            select(QueueEntry.id).where(QueueEntry.customer_id == customer.id, QueueEntry.resolved_at.is_(None))
+        )
+    ).first()
+    if exists is not None:
+        return False
+    try:
+        async with session.begin_nested():
+            session.add(QueueEntry(customer_id=customer.id, store_id=customer.store_id, reason=reason, created_at=now))
+            await session.flush()
+    except IntegrityError:
+        return False
+    return True
+
+
+async def clerk_customers(session, clerk_id: int, limit: int = 500) -> list[tuple[Customer, int | None, datetime | None]]:
+    """The clerk's bound customers with their #n and last message time, most recent first."""
+    from gateway.models import ChatMessage
+
+    last = (
+        select(ChatMessage.customer_id, func.max(ChatMessage.created_at).label("at"))
+        .where(ChatMessage.side == "customer", ChatMessage.direction == "in", ChatMessage.clerk_id == clerk_id)
+        .group_by(ChatMessage.customer_id)
+        .subquery()
+    )
+    q = (
+        select(Customer, Handle.n, last.c.at)
+        .join(Binding, (Binding.customer_id == Customer.id) & Binding.valid_to.is_(None))
+        .join(Handle, (Handle.customer_id == Customer.id) & (Handle.clerk_id == clerk_id), isouter=True)
+        .join(last, last.c.customer_id == Customer.id, isouter=True)
+        .where(Binding.clerk_id == clerk_id)
+        .order_by(last.c.at.desc().nulls_last(), Customer.id)
+        .limit(limit)
+    )
+    return list((await session.exec(q)).all())

@@ -1,0 +1,570 @@
+"""Admin API `/api/v1`: bearer tokens with roles, JSON in and out, errors as CONTRACT.md says.
+
+Routes are declared with their roles and request models in one table (`ROUTES`), which is also
+what the OpenAPI document is generated from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from gateway import advisors
+from gateway.ingress import error_response
+from gateway.models import (
+    Binding,
+    Clerk,
+    ClerkIdentity,
+    Customer,
+    Identity,
+    Interaction,
+    Invite,
+    Outbox,
+    QueueEntry,
+    Store,
+)
+from gateway.tokens import ROLES, Principal, create_token
+
+ALL = ("admin", "marketer", "store_manager")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.field = status, code, field
+
+
+# -- request models (also the OpenAPI schemas) ------------------------------------------------
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class StoreIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+    city: str | None = Field(None, max_length=100)
+    lat: float | None = Field(None, ge=-90, le=90)
+    lng: float | None = Field(None, ge=-180, le=180)
+    opening_hours: dict[str, str] | None = None  # {"mon": "10:00-22:00", …}
+
+
+class StorePatch(StoreIn):
+    name: str | None = Field(None, min_length=1, max_length=200)
+
+
+class ClerkIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+    display_name: str = Field(min_length=1, max_length=100)
+    store_id: int
+    role: Literal["clerk", "manager"] = "clerk"
+    work_ids: dict[str, str] = {}
+
+
+class ClerkPatch(_In):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    display_name: str | None = Field(None, min_length=1, max_length=100)
+    store_id: int | None = None
+    role: Literal["clerk", "manager"] | None = None
+    work_ids: dict[str, str] | None = None
+
+
+class InviteIn(_In):
+    clerk_id: int
+    source: str | None = Field(None, max_length=64)
+    campaign_id: int | None = None
+
+
+class TokenIn(_In):
+    role: Literal["admin", "marketer", "store_manager", "clerk"]
+    store_id: int | None = None
+    clerk_id: int | None = None
+    name: str | None = Field(None, max_length=100)
+
+
+# -- plumbing -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    roles: tuple[str, ...]
+    handler: Callable[..., Awaitable[Any]]
+    body: type[BaseModel] | None = None
+    summary: str = ""
+    status: int = 200
+
+
+ROUTES: list[Route] = []
+
+
+def route(method: str, path: str, *, roles: tuple[str, ...] = ("admin",), body: type[BaseModel] | None = None,
+          status: int = 200):
+    def deco(fn):
+        ROUTES.append(Route(method, path, roles, fn, body, (fn.__doc__ or "").strip().split("\n")[0], status))
+        return fn
+
+    return deco
+
+
+@dataclass
+class Req:
+    request: web.Request
+    gw: Any
+    who: Principal
+    body: Any = None
+
+    def param(self, name: str) -> int:
+        raw = self.request.match_info[name]
+        if not raw.isdigit():
+            raise ApiError(404, "not_found", f"no such {name.removesuffix('_id')}")
+        return int(raw)
+
+    def query_int(self, name: str, default: int | None = None) -> int | None:
+        raw = self.request.query.get(name)
+        if raw in (None, ""):
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ApiError(400, "bad_request", f"{name} must be an integer", name) from None
+
+    def limit(self) -> int:
+        return max(1, min(500, self.query_int("limit", 100)))
+
+    def scoped_store(self, store_id: int | None) -> None:
+        """Store managers only see and touch their own store."""
+        if self.who.role == "store_manager" and store_id != self.who.store_id:
+            raise ApiError(403, "forbidden", "outside your store")
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _wrap(r: Route, key: web.AppKey):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        gw = request.app[key]
+        try:
+            auth = request.headers.get("Authorization", "")
+            if not auth.startswith("Bearer "):
+                raise ApiError(401, "unauthorized", "missing bearer token")
+            who = await gw.principal(auth[7:].strip())
+            if who is None:
+                raise ApiError(401, "unauthorized", "invalid or revoked token")
+            if who.role not in r.roles:
+                raise ApiError(403, "forbidden", f"needs role {' or '.join(r.roles)}")
+            body = None
+            if r.body is not None:
+                raw = await request.read()
+                try:
+                    data = json.loads(raw or b"null")
+                except (ValueError, UnicodeDecodeError):
+                    raise ApiError(400, "bad_request", "body is not valid JSON") from None
+                if not isinstance(data, dict):
+                    raise ApiError(400, "bad_request", "body must be a JSON object")
+                try:
+                    body = r.body.model_validate(data)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    raise ApiError(422, "invalid", err["msg"], _loc(err["loc"])) from None
+            result = await r.handler(Req(request, gw, who, body))
+        except ApiError as e:
+            return error_response(e.status, e.code, str(e), e.field)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return web.json_response(result, status=r.status, dumps=_dumps)
+
+    return handler
+
+
+def _default(o: Any):
+    if isinstance(o, datetime):
+        return o.isoformat()
+    return str(o)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_default, ensure_ascii=False)
+
+
+def setup(app: web.Application, key: web.AppKey) -> None:
+    for r in ROUTES:
+        app.router.add_route(r.method, "/api/v1" + r.path, _wrap(r, key))
+
+
+def _page(items: list[dict], limit: int) -> dict:
+    out: dict[str, Any] = {"items": items}
+    if len(items) == limit:
+        out["next"] = items[-1]["id"]
+    return out
+
+
+def _dump(row, tz) -> dict:
+    d = row.model_dump()
+    for k, v in d.items():
+        if isinstance(v, datetime):
+            d[k] = v.astimezone(tz).isoformat()
+    return d
+
+
+# -- tokens -------------------------------------------------------------------------------------------
+
+
+@route("POST", "/tokens", body=TokenIn, status=201)
+async def token_create(q: Req):
+    """Create an API token; the token is shown once, only its hash is stored."""
+    async with q.gw.db() as s:
+        try:
+            row, token = await create_token(s, q.body.role, store_id=q.body.store_id, clerk_id=q.body.clerk_id,
+                                            name=q.body.name)
+            await s.commit()
+        except ValueError as e:
+            raise ApiError(422, "invalid", str(e), "role") from None
+        except IntegrityError:
+            raise ApiError(422, "invalid", "store_id or clerk_id does not exist") from None
+    return {"id": row.id, "token": token, "role": row.role}
+
+
+@route("GET", "/tokens")
+async def token_list(q: Req):
+    """List tokens (never the secrets) with their last use."""
+    from gateway.models import ApiToken
+
+    async with q.gw.db() as s:
+        rows = (await s.exec(select(ApiToken).order_by(ApiToken.id))).all()
+    return {"items": [{k: v for k, v in _dump(r, q.gw.tz).items() if k != "token_hash"} for r in rows]}
+
+
+@route("POST", "/tokens/{token_id}/revoke")
+async def token_revoke(q: Req):
+    """Revoke a token."""
+    from gateway.models import ApiToken
+
+    async with q.gw.db() as s:
+        row = await s.get(ApiToken, q.param("token_id"))
+        if row is None:
+            raise ApiError(404, "not_found", "no such token")
+        row.revoked_at = row.revoked_at or q.gw.clock.now()
+        await s.commit()
+    q.gw._tokens.clear()
+    return {"id": row.id, "revoked_at": row.revoked_at.isoformat()}
+
+
+# -- stores -------------------------------------------------------------------------------------------
+
+
+@route("POST", "/stores", body=StoreIn, status=201)
+async def store_create(q: Req):
+    """Create a store."""
+    async with q.gw.db() as s:
+        store = Store(**q.body.model_dump())
+        s.add(store)
+        await s.commit()
+    return _dump(store, q.gw.tz)
+
+
+@route("GET", "/stores", roles=ALL)
+async def store_list(q: Req):
+    """List stores (a store manager sees their own)."""
+    stmt = select(Store).where(Store.id > q.query_int("after", 0)).order_by(Store.id).limit(q.limit())
+    if q.who.role == "store_manager":
+        stmt = stmt.where(Store.id == q.who.store_id)
+    async with q.gw.db() as s:
+        rows = (await s.exec(stmt)).all()
+    return _page([_dump(r, q.gw.tz) for r in rows], q.limit())
+
+
+async def _store(s, q: Req) -> Store:
+    store = await s.get(Store, q.param("store_id"))
+    if store is None:
+        raise ApiError(404, "not_found", "no such store")
+    q.scoped_store(store.id)
+    return store
+
+
+@route("GET", "/stores/{store_id}", roles=ALL)
+async def store_get(q: Req):
+    """One store."""
+    async with q.gw.db() as s:
+        return _dump(await _store(s, q), q.gw.tz)
+
+
+@route("PATCH", "/stores/{store_id}", body=StorePatch)
+async def store_patch(q: Req):
+    """Change a store."""
+    async with q.gw.db() as s:
+        store = await _store(s, q)
+        for k, v in q.body.model_dump(exclude_unset=True).items():
+            setattr(store, k, v)
+        await s.commit()
+        return _dump(store, q.gw.tz)
+
+
+# -- clerks -------------------------------------------------------------------------------------------
+
+
+async def _set_work_ids(s, q: Req, clerk: Clerk, work_ids: dict[str, str]) -> None:
+    for account, user_id in work_ids.items():
+        adapter = q.gw.adapters.get(account)
+        if adapter is None or adapter.side != "clerk":
+            raise ApiError(422, "invalid", f"{account!r} is not a configured clerk-side account", f"work_ids.{account}")
+        if adapter.platform == "workbench":
+            raise ApiError(422, "invalid", "workbench sign-in uses a clerk token, not a work id", f"work_ids.{account}")
+        if not user_id or len(user_id) > 128:
+            raise ApiError(422, "invalid", "work id must be 1..128 characters", f"work_ids.{account}")
+    existing = (await s.exec(select(ClerkIdentity).where(ClerkIdentity.clerk_id == clerk.id))).all()
+    for row in existing:
+        if row.account not in work_ids:
+            await s.delete(row)
+        elif row.external_id != work_ids[row.account]:
+            row.external_id = work_ids[row.account]
+    have = {r.account for r in existing}
+    for account, user_id in work_ids.items():
+        if account not in have:
+            s.add(ClerkIdentity(clerk_id=clerk.id, platform=q.gw.adapters[account].platform, account=account,
+                                external_id=user_id))
+    try:
+        await s.flush()
+    except IntegrityError:
+        raise ApiError(409, "conflict", "a work id is already used by another clerk", "work_ids") from None
+
+
+async def _clerk_out(s, clerk: Clerk, tz) -> dict:
+    rows = (await s.exec(select(ClerkIdentity).where(ClerkIdentity.clerk_id == clerk.id))).all()
+    return {**_dump(clerk, tz), "work_ids": {r.account: r.external_id for r in rows}}
+
+
+@route("POST", "/clerks", roles=("admin", "store_manager"), body=ClerkIn, status=201)
+async def clerk_create(q: Req):
+    """Create a clerk with their personal display name and work-IM ids."""
+    q.scoped_store(q.body.store_id)
+    async with q.gw.db() as s:
+        if await s.get(Store, q.body.store_id) is None:
+            raise ApiError(422, "invalid", "no such store", "store_id")
+        clerk = Clerk(**q.body.model_dump(exclude={"work_ids"}))
+        s.add(clerk)
+        await s.flush()
+        await _set_work_ids(s, q, clerk, q.body.work_ids)
+        await s.commit()
+        return await _clerk_out(s, clerk, q.gw.tz)
+
+
+@route("GET", "/clerks", roles=ALL)
+async def clerk_list(q: Req):
+    """List clerks (?store_id=, ?status=)."""
+    stmt = select(Clerk).where(Clerk.id > q.query_int("after", 0)).order_by(Clerk.id).limit(q.limit())
+    store_id = q.who.store_id if q.who.role == "store_manager" else q.query_int("store_id")
+    if store_id is not None:
+        stmt = stmt.where(Clerk.store_id == store_id)
+    if q.request.query.get("status"):
+        stmt = stmt.where(Clerk.status == q.request.query["status"])
+    async with q.gw.db() as s:
+        return _page([await _clerk_out(s, c, q.gw.tz) for c in (await s.exec(stmt)).all()], q.limit())
+
+
+async def _clerk(s, q: Req) -> Clerk:
+    clerk = await s.get(Clerk, q.param("clerk_id"))
+    if clerk is None:
+        raise ApiError(404, "not_found", "no such clerk")
+    q.scoped_store(clerk.store_id)
+    return clerk
+
+
+@route("GET", "/clerks/{clerk_id}", roles=ALL)
+async def clerk_get(q: Req):
+    """One clerk."""
+    async with q.gw.db() as s:
+        return await _clerk_out(s, await _clerk(s, q), q.gw.tz)
+
+
+@route("PATCH", "/clerks/{clerk_id}", roles=("admin", "store_manager"), body=ClerkPatch)
+async def clerk_patch(q: Req):
+    """Change a clerk (display name, store, role, work ids)."""
+    async with q.gw.db() as s:
+        clerk = await _clerk(s, q)
+        data = q.body.model_dump(exclude_unset=True)
+        if "store_id" in data:
+            q.scoped_store(data["store_id"])
+            if await s.get(Store, data["store_id"]) is None:
+                raise ApiError(422, "invalid", "no such store", "store_id")
+        for k, v in data.items():
+            if k != "work_ids":
+                setattr(clerk, k, v)
+        if data.get("work_ids") is not None:
+            await _set_work_ids(s, q, clerk, data["work_ids"])
+        await s.commit()
+        return await _clerk_out(s, clerk, q.gw.tz)
+
+
+@route("POST", "/clerks/{clerk_id}/token", roles=("admin", "store_manager"), status=201)
+async def clerk_token(q: Req):
+    """Create a workbench sign-in token for a clerk (shown once)."""
+    async with q.gw.db() as s:
+        clerk = await _clerk(s, q)
+        row, token = await create_token(s, "clerk", clerk_id=clerk.id, name=clerk.display_name)
+        await s.commit()
+    return {"id": row.id, "token": token, "role": "clerk",
+            "workbench_url": f"{q.gw.config.server.base_url()}/{next(iter(q.gw.clerk_accounts), 'workbench')}/"}
+
+
+# -- customers ---------------------------------------------------------------------------------------
+
+
+@route("GET", "/customers", roles=ALL)
+async def customer_list(q: Req):
+    """List customers (?store_id=, ?clerk_id= for the current advisor, ?q= name)."""
+    stmt = select(Customer).where(Customer.id > q.query_int("after", 0)).order_by(Customer.id).limit(q.limit())
+    store_id = q.who.store_id if q.who.role == "store_manager" else q.query_int("store_id")
+    if store_id is not None:
+        stmt = stmt.where(Customer.store_id == store_id)
+    if (clerk_id := q.query_int("clerk_id")) is not None:
+        stmt = stmt.join(Binding, (Binding.customer_id == Customer.id) & Binding.valid_to.is_(None)).where(
+            Binding.clerk_id == clerk_id)
+    if q.request.query.get("q"):
+        stmt = stmt.where(Customer.name.contains(q.request.query["q"]))
+    async with q.gw.db() as s:
+        rows = (await s.exec(stmt)).all()
+    return _page([_dump(r, q.gw.tz) for r in rows], q.limit())
+
+
+@route("GET", "/customers/{customer_id}", roles=ALL)
+async def customer_get(q: Req):
+    """A customer with identities, binding history and recent interactions."""
+    async with q.gw.db() as s:
+        c = await s.get(Customer, q.param("customer_id"))
+        if c is None:
+            raise ApiError(404, "not_found", "no such customer")
+        q.scoped_store(c.store_id)
+        idents = (await s.exec(select(Identity).where(Identity.customer_id == c.id))).all()
+        bindings = (await s.exec(select(Binding).where(Binding.customer_id == c.id).order_by(Binding.valid_from))).all()
+        history = (await s.exec(select(Interaction).where(Interaction.customer_id == c.id)
+                                .order_by(Interaction.id.desc()).limit(100))).all()
+        queued = (await s.exec(select(QueueEntry).where(QueueEntry.customer_id == c.id,
+                                                        QueueEntry.resolved_at.is_(None)))).first()
+    tz = q.gw.tz
+    return {**_dump(c, tz), "identities": [_dump(i, tz) for i in idents],
+            "bindings": [_dump(b, tz) for b in bindings], "history": [_dump(i, tz) for i in history],
+            "unassigned": _dump(queued, tz) if queued else None}
+
+
+# -- invites -----------------------------------------------------------------------------------------
+
+
+def _invite_out(gw, inv: Invite) -> dict:
+    url = gw.invite_url(inv.code)
+    return {**_dump(inv, gw.tz), "url": url, "qr_png": f"{url}/qr.png", "qr_svg": f"{url}/qr.svg"}
+
+
+@route("POST", "/invites", roles=("admin", "store_manager", "marketer"), body=InviteIn, status=201)
+async def invite_create(q: Req):
+    """Create an invite (QR code) that binds customers to a clerk."""
+    async with q.gw.db() as s:
+        clerk = await s.get(Clerk, q.body.clerk_id)
+        if clerk is None:
+            raise ApiError(422, "invalid", "no such clerk", "clerk_id")
+        q.scoped_store(clerk.store_id)
+        if clerk.status != "active":
+            raise ApiError(422, "invalid", "the clerk has left", "clerk_id")
+        inv = await advisors.create_invite(s, clerk.id, source=q.body.source, campaign_id=q.body.campaign_id)
+        await s.commit()
+    return _invite_out(q.gw, inv)
+
+
+@route("GET", "/invites", roles=ALL)
+async def invite_list(q: Req):
+    """List invites (?clerk_id=)."""
+    stmt = select(Invite).where(Invite.id > q.query_int("after", 0)).order_by(Invite.id).limit(q.limit())
+    if (clerk_id := q.query_int("clerk_id")) is not None:
+        stmt = stmt.where(Invite.clerk_id == clerk_id)
+    if q.who.role == "store_manager":
+        stmt = stmt.join(Clerk, Clerk.id == Invite.clerk_id).where(Clerk.store_id == q.who.store_id)
+    async with q.gw.db() as s:
+        return _page([_invite_out(q.gw, i) for i in (await s.exec(stmt)).all()], q.limit())
+
+
+async def _invite(q: Req) -> Invite:
+    async with q.gw.db() as s:
+        inv = (await s.exec(select(Invite).where(Invite.code == q.request.match_info["code"].lower()))).first()
+    if inv is None:
+        raise ApiError(404, "not_found", "no such invite")
+    return inv
+
+
+@route("GET", "/invites/{code}", roles=ALL)
+async def invite_get(q: Req):
+    """One invite by code."""
+    return _invite_out(q.gw, await _invite(q))
+
+
+@route("GET", "/invites/{code}/qr.png", roles=ALL)
+async def invite_png(q: Req):
+    """The invite's QR code as PNG."""
+    from gateway.app import qr_response
+
+    return qr_response(q.gw.invite_url((await _invite(q)).code), "png")
+
+
+@route("GET", "/invites/{code}/qr.svg", roles=ALL)
+async def invite_svg(q: Req):
+    """The invite's QR code as SVG."""
+    from gateway.app import qr_response
+
+    return qr_response(q.gw.invite_url((await _invite(q)).code), "svg")
+
+
+# -- interactions and the outbox ----------------------------------------------------------------------
+
+
+@route("GET", "/interactions", roles=ALL)
+async def interaction_list(q: Req):
+    """The interaction log (?customer_id=, ?clerk_id=, ?type=, ?after=)."""
+    stmt = select(Interaction).where(Interaction.id > q.query_int("after", 0)).order_by(Interaction.id).limit(q.limit())
+    for name in ("customer_id", "clerk_id", "store_id", "campaign_id"):
+        if (v := q.query_int(name)) is not None:
+            stmt = stmt.where(getattr(Interaction, name) == v)
+    if q.request.query.get("type"):
+        stmt = stmt.where(Interaction.type.in_(q.request.query["type"].split(",")))
+    if q.who.role == "store_manager":
+        stmt = stmt.where(Interaction.store_id == q.who.store_id)
+    async with q.gw.db() as s:
+        return _page([_dump(r, q.gw.tz) for r in (await s.exec(stmt)).all()], q.limit())
+
+
+@route("GET", "/outbox")
+async def outbox_list(q: Req):
+    """Outbound messages by status (?status=dead for dead letters, held, pending …)."""
+    status = q.request.query.get("status", "dead")
+    stmt = (select(Outbox).where(Outbox.status == status, Outbox.id > q.query_int("after", 0))
+            .order_by(Outbox.id).limit(q.limit()))
+    async with q.gw.db() as s:
+        return _page([_dump(r, q.gw.tz) for r in (await s.exec(stmt)).all()], q.limit())
+
+
+@route("POST", "/outbox/{outbox_id}/retry")
+async def outbox_retry(q: Req):
+    """Send a dead or held letter again."""
+    async with q.gw.db() as s:
+        res = await s.execute(
+            update(Outbox)
+            .where(Outbox.id == q.param("outbox_id"), Outbox.status.in_(("dead", "held")))
+            .values(status="pending", attempts=0, next_attempt_at=q.gw.clock.now(), last_error=None, error_code=None)
+        )
+        await s.commit()
+    if res.rowcount != 1:
+        raise ApiError(409, "conflict", "only dead or held messages can be retried")
+    q.gw.outbox.kick()
+    return {"id": q.param("outbox_id"), "status": "pending"}
+
+
+assert set(ROLES) >= set(ALL)

@@ -1,0 +1,138 @@
+"""The aiohttp application: platform callbacks, adapters' own routes, admin API, health, pages."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import segno
+from aiohttp import web
+from sqlalchemy import text
+from sqlmodel import select
+
+from gateway import api
+from gateway.ingress import error_response
+from gateway.models import Invite
+from gateway.runtime import Gateway
+
+log = logging.getLogger("gateway.http")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+STATIC = Path(__file__).parent / "static"
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every error leaves as `{"error": {...}}`; nothing leaks a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "too_large", f"body over {request.app[GATEWAY].max_body} bytes")
+    except web.HTTPException as e:
+        if e.status < 400 or e.content_type == "application/json":
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
+        return error_response(e.status, code, e.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error")
+
+
+async def callback(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    adapter = gw.adapters.get(request.match_info["account"])
+    if adapter is None:
+        return error_response(404, "not_found", "no such account")
+    return await gw.ingest(adapter, request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    checks = {"started": gw.started}
+    try:
+        async with gw.db() as s:
+            await s.execute(text("SELECT 1"))
+        checks["database"] = True
+    except Exception as e:  # noqa: BLE001 - readiness reports, it does not raise
+        checks["database"] = False
+        checks["database_error"] = type(e).__name__
+    ok = checks["started"] and checks["database"]
+    return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks}, status=200 if ok else 503)
+
+
+async def _invite(request: web.Request) -> Invite:
+    gw = request.app[GATEWAY]
+    async with gw.db() as s:
+        invite = (await s.exec(select(Invite).where(Invite.code == request.match_info["code"].lower()))).first()
+    if invite is None:
+        raise web.HTTPNotFound(reason="no such invite")
+    return invite
+
+
+async def invite_landing(request: web.Request) -> web.StreamResponse:
+    """What a scanned QR code opens: the brand's customer page with the invite."""
+    gw = request.app[GATEWAY]
+    invite = await _invite(request)
+    webchat = gw.config.accounts_of("webchat")
+    if not webchat:
+        raise web.HTTPNotFound(reason="no customer web channel is configured")
+    raise web.HTTPFound(f"/webchat/{webchat[0].name}/?invite={invite.code}")
+
+
+def qr_response(url: str, kind: str) -> web.Response:
+    import io
+
+    qr = segno.make(url, error="m")
+    buf = io.BytesIO()
+    if kind == "png":
+        qr.save(buf, kind="png", scale=8, border=2)
+        return web.Response(body=buf.getvalue(), content_type="image/png")
+    qr.save(buf, kind="svg", scale=8, border=2, xmldecl=False)
+    return web.Response(body=buf.getvalue(), content_type="image/svg+xml")
+
+
+async def invite_qr(request: web.Request) -> web.Response:
+    invite = await _invite(request)
+    return qr_response(request.app[GATEWAY].invite_url(invite.code), request.match_info["kind"])
+
+
+async def console(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "console.html", headers={"Cache-Control": "no-cache"})
+
+
+def _redirect(to: str):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(to)
+
+    return handler
+
+
+def create_app(gw: Gateway, *, manage_lifecycle: bool = True) -> web.Application:
+    app = web.Application(client_max_size=gw.max_body, middlewares=[json_errors])
+    app[GATEWAY] = gw
+    for adapter in gw.adapters.values():
+        for r in adapter.routes():
+            app.router.add_route(r.method, r.path, r.handler, name=r.name)
+    app.router.add_route("*", "/callbacks/{account}", callback)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/i/{code}", invite_landing)
+    app.router.add_get(r"/i/{code}/qr.{kind:png|svg}", invite_qr)
+    app.router.add_get("/console/", console)
+    app.router.add_get("/console", _redirect("/console/"))
+    app.router.add_get("/", _redirect("/console/"))
+    api.setup(app, GATEWAY)
+
+    if manage_lifecycle:
+
+        async def lifecycle(app: web.Application):
+            await gw.start()
+            yield
+            await gw.stop()
+
+        app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,144 @@
+"""`gateway` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from gateway.config import Config, ConfigError, find_config_file, load_config
+
+
+def _config(path: str | None) -> Config:
+    return load_config(find_config_file(path))
+
+
+def _fail_config(e: ConfigError) -> int:
+    print("configuration is invalid:", file=sys.stderr)
+    for key, reason in e.problems:
+        print(f"  {key}: {reason}", file=sys.stderr)
+    return 2
+
+
+def cmd_check_config(args) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        return _fail_config(e)
+    names = ", ".join(f"{a.name} ({a.platform})" for a in cfg.accounts)
+    print(f"{args.file}: OK — database {cfg.database.url.split('://')[0]}, accounts: {names}")
+    return 0
+
+
+def cmd_db_upgrade(args) -> int:
+    from gateway.db import upgrade_sync
+
+    try:
+        cfg = _config(args.config)
+    except ConfigError as e:
+        return _fail_config(e)
+    upgrade_sync(cfg.database.url)
+    print("database is at the latest revision")
+    return 0
+
+
+def cmd_token_create(args) -> int:
+    from gateway.db import make_engine, session_factory
+    from gateway.tokens import create_token
+
+    try:
+        cfg = _config(args.config)
+    except ConfigError as e:
+        return _fail_config(e)
+
+    async def run() -> str:
+        engine = make_engine(cfg.database.url)
+        try:
+            async with session_factory(engine)() as s:
+                _, token = await create_token(s, args.role, store_id=args.store, clerk_id=args.clerk, name=args.name)
+                await s.commit()
+                return token
+        finally:
+            await engine.dispose()
+
+    if cfg.database.is_sqlite:
+        from gateway.db import upgrade_sync
+
+        upgrade_sync(cfg.database.url)
+    try:
+        token = asyncio.run(run())
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # an unknown store or clerk id is a foreign-key failure
+        print(f"error: could not create the token: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        return 1
+    print(token)
+    print("Store it now: it is not shown again.", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from gateway.serve import serve
+
+    try:
+        cfg = _config(args.config)
+    except ConfigError as e:
+        return _fail_config(e)
+    if args.host:
+        cfg.server.host = args.host
+    if args.port:
+        cfg.server.port = args.port
+    return serve(cfg)
+
+
+def cmd_demo(args) -> int:
+    from gateway.demo import main as demo
+
+    return asyncio.run(demo())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Advisor Gateway (导购网关)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the HTTP server, adapters, workers and scheduler")
+    s.add_argument("--config")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("demo", help="scripted end-to-end story on the built-in simulators")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("db", help="database maintenance")
+    dbsub = s.add_subparsers(dest="db_command", required=True)
+    u = dbsub.add_parser("upgrade", help="apply migrations")
+    u.add_argument("--config")
+    u.set_defaults(fn=cmd_db_upgrade)
+
+    s = sub.add_parser("check-config", help="validate a configuration file")
+    s.add_argument("file")
+    s.set_defaults(fn=cmd_check_config)
+
+    s = sub.add_parser("token", help="API tokens")
+    tsub = s.add_subparsers(dest="token_command", required=True)
+    t = tsub.add_parser("create", help="print a new API token once; only its hash is stored")
+    t.add_argument("--role", required=True, choices=["admin", "marketer", "store_manager", "clerk"])
+    t.add_argument("--store", type=int, help="the store of a store_manager")
+    t.add_argument("--clerk", type=int, help="the clerk of a clerk (workbench) token")
+    t.add_argument("--name")
+    t.add_argument("--config")
+    t.set_defaults(fn=cmd_token_create)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,223 @@
+"""verify → parse → claim (DB dedupe) → ack → dispatch.
+
+The claim row holds the parsed events, so nothing acknowledged is lost: processing runs in a
+tracked background task, and claims still pending after `replay_after_seconds` (a crash, a
+restart) are replayed. Processing marks the claim done inside the same transaction as the
+handlers' writes, so an event is applied exactly once even when two instances race for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import traceback
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from sqlalchemy import delete, select, update
+
+from gateway.adapter import Adapter, BadRequest, Unauthorized
+from gateway.model import Event
+from gateway.models import InboundClaim
+from gateway.router import Ctx
+from gateway.sql import insert_ignore
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("gateway.ingress")
+
+MAX_ATTEMPTS = 5
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        err["field"] = field
+    return web.json_response({"error": err}, status=status)
+
+
+def claim_key(events: list[Event]) -> str:
+    if len(events) == 1:
+        return events[0].dedupe_key[:255]
+    return "batch:" + hashlib.sha256("|".join(e.dedupe_key for e in events).encode()).hexdigest()
+
+
+class Ingress:
+    def __init__(self, gw: Gateway):
+        self.gw = gw
+        self._tasks: set[asyncio.Task] = set()
+        self._replayer: asyncio.Task | None = None
+        self.processed = 0
+        self.duplicates = 0
+
+    async def handle(self, adapter: Adapter, request: web.Request) -> web.StreamResponse:
+        try:
+            raw = await adapter.verify(request)
+            events = adapter.parse(raw)
+        except Unauthorized as e:
+            return error_response(401, "unauthorized", str(e) or "bad signature or token")
+        except BadRequest as e:
+            return error_response(e.status, e.code, str(e), e.field)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, "too_large", f"body over {self.gw.config.server.max_body} bytes")
+        if not events:
+            return adapter.ack(raw, [], False)
+        key = claim_key(events)
+        claim_id = await self.claim(adapter, key, events)
+        if claim_id is None:
+            self.duplicates += 1
+            return adapter.ack(raw, [], True)
+        if any(e.reply_required for e in events):
+            results = await self.process(claim_id, key, events)
+            return adapter.ack(raw, results or [], False)
+        self.spawn(self.process(claim_id, key, events))
+        return adapter.ack(raw, [], False)
+
+    async def claim(self, adapter: Adapter, key: str, events: list[Event]) -> int | None:
+        now = self.gw.clock.now()
+        async with self.gw.db() as s:
+            res = await s.execute(
+                insert_ignore(s, InboundClaim, conflict=["platform", "account", "dedupe_key"])
+                .values(
+                    platform=adapter.platform,
+                    account=adapter.account,
+                    dedupe_key=key,
+                    status="pending",
+                    events=[e.to_dict() for e in events],
+                    received_at=now,
+                    lease_until=now + timedelta(seconds=self.gw.config.ingress.replay_after_seconds),
+                )
+                .returning(InboundClaim.id)
+            )
+            claim_id = res.scalar()
+            await s.commit()
+        return claim_id
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def process(self, claim_id: int, key: str, events: list[Event]) -> list[Any] | None:
+        """Apply a claim's events once. Returns the handlers' results, or None if already done."""
+        ctxs: list[Ctx] = []
+        try:
+            async with self.gw.db() as s:
+                taken = await s.execute(
+                    update(InboundClaim)
+                    .where(InboundClaim.id == claim_id, InboundClaim.status == "pending")
+                    .values(status="done", processed_at=self.gw.clock.now())
+                )
+                if taken.rowcount != 1:
+                    return None
+                results = []
+                for event in events:
+                    ctx = Ctx(event=event, gw=self.gw, session=s, claim_key=key)
+                    results.append(await self.gw.dispatcher.dispatch(ctx))
+                    ctxs.append(ctx)
+                await s.commit()
+        except Exception as e:
+            log.exception("processing claim %s failed", claim_id)
+            await self._failed(claim_id, e)
+            raise
+        self.processed += 1
+        self.gw.outbox.kick()
+        for ctx in ctxs:
+            for fn in ctx.after_commit:
+                fn()
+        return results
+
+    async def _failed(self, claim_id: int, exc: Exception) -> None:
+        try:
+            async with self.gw.db() as s:
+                claim = await s.get(InboundClaim, claim_id)
+                if claim is None:
+                    return
+                claim.attempts += 1
+                claim.last_error = "".join(traceback.format_exception_only(exc))[:2000]
+                delay = 2 ** min(claim.attempts, 10)
+                claim.lease_until = self.gw.clock.now() + timedelta(seconds=delay)
+                if claim.attempts >= MAX_ATTEMPTS:
+                    claim.status = "failed"
+                await s.commit()
+        except Exception:
+            log.exception("could not record the failure of claim %s", claim_id)
+
+    async def replay_pending(self, limit: int = 100) -> int:
+        """Process claims whose processing never finished (crash, restart). Returns how many ran."""
+        now = self.gw.clock.now()
+        async with self.gw.db() as s:
+            rows = (
+                await s.execute(
+                    select(InboundClaim.id, InboundClaim.dedupe_key, InboundClaim.events)
+                    .where(InboundClaim.status == "pending", InboundClaim.lease_until < now)
+                    .order_by(InboundClaim.id)
+                    .limit(limit)
+                )
+            ).all()
+        n = 0
+        for claim_id, key, events in rows:
+            async with self.gw.db() as s:  # take a lease so another instance does not start it too
+                lease = now + timedelta(seconds=self.gw.config.ingress.replay_after_seconds)
+                took = await s.execute(
+                    update(InboundClaim)
+                    .where(InboundClaim.id == claim_id, InboundClaim.status == "pending", InboundClaim.lease_until < now)
+                    .values(lease_until=lease)
+                )
+                await s.commit()
+            if took.rowcount != 1:
+                continue
+            try:
+                if await self.process(claim_id, key, [Event.from_dict(e) for e in events]) is not None:
+                    n += 1
+            except Exception:
+                pass  # recorded on the claim by process(); retried after its backoff
+        return n
+
+    async def purge(self) -> int:
+        cutoff = self.gw.clock.now() - timedelta(hours=self.gw.config.ingress.claim_retention_hours)
+        async with self.gw.db() as s:
+            res = await s.execute(
+                delete(InboundClaim).where(InboundClaim.status == "done", InboundClaim.processed_at < cutoff)
+            )
+            await s.commit()
+        return res.rowcount or 0
+
+    async def _replay_loop(self) -> None:
+        interval = max(1.0, self.gw.config.ingress.replay_after_seconds / 3)
+        while True:
+            try:
+                await self.replay_pending()
+                await self.purge()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replaying pending claims failed")
+            await asyncio.sleep(interval)
+
+    async def start(self) -> None:
+        await self.replay_pending_all()
+        self._replayer = asyncio.create_task(self._replay_loop(), name="ingress-replay")
+
+    async def replay_pending_all(self) -> None:
+        """At start-up, claims left pending by a previous process are ours to finish now."""
+        async with self.gw.db() as s:
+            await s.execute(
+                update(InboundClaim)
+                .where(InboundClaim.status == "pending", InboundClaim.attempts < MAX_ATTEMPTS)
+                .values(lease_until=self.gw.clock.now() - timedelta(seconds=1))
+            )
+            await s.commit()
+        while await self.replay_pending() > 0:
+            pass
+
+    async def stop(self, grace: float) -> None:
+        if self._replayer:
+            self._replayer.cancel()
+            await asyncio.gather(self._replayer, return_exceptions=True)
+        if self._tasks:  # drain: let in-flight processing finish; a claim cut off stays pending
+            await asyncio.wait(set(self._tasks), timeout=grace)

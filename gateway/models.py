@@ -1,0 +1,256 @@
+"""Tables. Constraints do the dedupe and the invariants; code relies on them, never on caches."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import JSON, Field, SQLModel
+
+from gateway.db import UTCDateTime, utcnow
+
+metadata = SQLModel.metadata
+
+
+def _ts(nullable: bool = False, index: bool = False, default: bool = True) -> Any:
+    kw: dict[str, Any] = {"sa_type": UTCDateTime, "nullable": nullable, "index": index}
+    if default and not nullable:
+        kw["default_factory"] = utcnow
+    else:
+        kw["default"] = None
+    return Field(**kw)
+
+
+class Store(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    city: str | None = Field(default=None, max_length=100)
+    lat: float | None = None
+    lng: float | None = None
+    opening_hours: dict | None = Field(default=None, sa_type=JSON)
+    created_at: datetime = _ts()
+
+
+class Clerk(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)  # legal / HR name, for the brand
+    display_name: str = Field(max_length=100)  # personal name customers see
+    store_id: int = Field(foreign_key="store.id", index=True)
+    role: str = Field(default="clerk", max_length=20)  # clerk | manager
+    status: str = Field(default="active", max_length=20)  # active | left
+    current_customer_id: int | None = Field(default=None, foreign_key="customer.id")
+    last_work_account: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
+    left_at: datetime | None = _ts(nullable=True)
+
+
+class ClerkIdentity(SQLModel, table=True):
+    """The clerk's user id in a work IM account (DingTalk userid, WeCom userid, workbench)."""
+
+    __tablename__ = "clerk_identity"
+    __table_args__ = (
+        sa.UniqueConstraint("platform", "account", "external_id", name="uq_clerk_identity_ext"),
+        sa.UniqueConstraint("clerk_id", "account", name="uq_clerk_identity_account"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    clerk_id: int = Field(foreign_key="clerk.id", index=True)
+    platform: str = Field(max_length=32)
+    account: str = Field(max_length=64)
+    external_id: str = Field(max_length=128)
+
+
+class Customer(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str | None = Field(default=None, max_length=200)
+    phone_hash: str | None = Field(default=None, max_length=64, index=True)
+    store_id: int | None = Field(default=None, foreign_key="store.id", index=True)  # home store
+    tags: list | None = Field(default=None, sa_type=JSON)
+    opted_out_at: datetime | None = _ts(nullable=True)
+    consent_at: datetime | None = _ts(nullable=True)
+    consent_version: str | None = Field(default=None, max_length=32)
+    erased_at: datetime | None = _ts(nullable=True)
+    last_identity_id: int | None = Field(default=None)
+    created_at: datetime = _ts()
+
+
+class Identity(SQLModel, table=True):
+    """A customer's identity on one channel account (webchat user id, openid, external_userid)."""
+
+    __table_args__ = (sa.UniqueConstraint("platform", "account", "external_id", name="uq_identity_ext"),)
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    platform: str = Field(max_length=32)
+    account: str = Field(max_length=64)
+    external_id: str = Field(max_length=128)
+    unionid: str | None = Field(default=None, max_length=128, index=True)
+    profile: dict | None = Field(default=None, sa_type=JSON)
+    created_at: datetime = _ts()
+    last_seen_at: datetime | None = _ts(nullable=True)
+
+
+class Invite(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(max_length=32, unique=True)
+    clerk_id: int = Field(foreign_key="clerk.id", index=True)
+    source: str | None = Field(default=None, max_length=64)
+    campaign_id: int | None = None
+    created_at: datetime = _ts()
+
+
+class Binding(SQLModel, table=True):
+    """Customer ↔ advisor over time. History is never rewritten; one open binding per customer."""
+
+    __table_args__ = (
+        sa.Index(
+            "uq_binding_open",
+            "customer_id",
+            unique=True,
+            sqlite_where=sa.text("valid_to IS NULL"),
+            postgresql_where=sa.text("valid_to IS NULL"),
+        ),
+        sa.Index("ix_binding_clerk_open", "clerk_id", "valid_to"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id")
+    clerk_id: int = Field(foreign_key="clerk.id")
+    store_id: int | None = Field(default=None, foreign_key="store.id")
+    valid_from: datetime = _ts()
+    valid_to: datetime | None = _ts(nullable=True)
+    source: str = Field(default="invite", max_length=64)
+    invite_id: int | None = Field(default=None, foreign_key="invite.id")
+    end_reason: str | None = Field(default=None, max_length=64)
+
+
+class Handle(SQLModel, table=True):
+    """The short `#n` a clerk uses for a customer: stable per (clerk, customer)."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("clerk_id", "customer_id", name="uq_handle_customer"),
+        sa.UniqueConstraint("clerk_id", "n", name="uq_handle_n"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    clerk_id: int = Field(foreign_key="clerk.id")
+    customer_id: int = Field(foreign_key="customer.id")
+    n: int
+
+
+class ChatMessage(SQLModel, table=True):
+    """Every message through the gateway, on either side, with its delivery status."""
+
+    __tablename__ = "message"
+    __table_args__ = (sa.Index("ix_message_peer", "platform", "account", "peer_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    direction: str = Field(max_length=3)  # in (from the peer) | out (to the peer)
+    side: str = Field(max_length=10)  # customer | clerk
+    platform: str = Field(max_length=32)
+    account: str = Field(max_length=64)
+    peer_id: str = Field(max_length=128)  # external id of the other party on that account
+    customer_id: int | None = Field(default=None, index=True)
+    clerk_id: int | None = Field(default=None, index=True)
+    segments: list = Field(sa_type=JSON)
+    text: str = Field(default="", sa_type=sa.Text)
+    sender_name: str | None = Field(default=None, max_length=100)
+    status: str = Field(default="received", max_length=16)  # received | queued | sent | delivered | failed | held
+    client_msg_id: str | None = Field(default=None, max_length=128)
+    platform_msg_id: str | None = Field(default=None, max_length=128)
+    created_at: datetime = _ts()
+    sent_at: datetime | None = _ts(nullable=True)
+
+
+class InboundClaim(SQLModel, table=True):
+    """The durable dedupe of inbound callbacks; pending claims are replayed after a restart."""
+
+    __tablename__ = "inbound_claim"
+    __table_args__ = (
+        sa.UniqueConstraint("platform", "account", "dedupe_key", name="uq_inbound_claim"),
+        sa.Index("ix_inbound_claim_pending", "status", "received_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=32)
+    account: str = Field(max_length=64)
+    dedupe_key: str = Field(max_length=255)
+    status: str = Field(default="pending", max_length=16)  # pending | done | failed
+    events: list = Field(sa_type=JSON)
+    received_at: datetime = _ts()
+    processed_at: datetime | None = _ts(nullable=True)
+    lease_until: datetime | None = _ts(nullable=True)  # replayed by anyone once this has passed
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class Outbox(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_outbox_due", "status", "next_attempt_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    idem_key: str = Field(max_length=255, unique=True)
+    platform: str = Field(max_length=32)
+    account: str = Field(max_length=64)
+    target: dict = Field(sa_type=JSON)
+    message: dict = Field(sa_type=JSON)
+    kind: str = Field(default="reply", max_length=16)  # reply | notice | welcome | push
+    status: str = Field(default="pending", max_length=16)  # pending | sending | sent | dead | held | cancelled
+    attempts: int = 0
+    next_attempt_at: datetime = _ts()
+    lease_until: datetime | None = _ts(nullable=True)
+    claimed_by: str | None = Field(default=None, max_length=64)
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    error_code: str | None = Field(default=None, max_length=64)
+    platform_msg_id: str | None = Field(default=None, max_length=128)
+    customer_id: int | None = Field(default=None, index=True)
+    clerk_id: int | None = None
+    campaign_id: int | None = None
+    message_id: int | None = Field(default=None, foreign_key="message.id")
+    created_at: datetime = _ts()
+    sent_at: datetime | None = _ts(nullable=True)
+
+
+class Interaction(SQLModel, table=True):
+    """Append-only log of everything that happened; the source of truth for attribution."""
+
+    __table_args__ = (
+        sa.Index("ix_interaction_customer", "customer_id", "occurred_at"),
+        sa.Index("ix_interaction_type", "type", "occurred_at"),
+        sa.Index("ix_interaction_clerk", "clerk_id", "occurred_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    type: str = Field(max_length=32)
+    occurred_at: datetime = _ts()
+    customer_id: int | None = None
+    clerk_id: int | None = None
+    store_id: int | None = None
+    campaign_id: int | None = None
+    payload: dict | None = Field(default=None, sa_type=JSON)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    role: str = Field(max_length=20)  # admin | marketer | store_manager | clerk
+    name: str | None = Field(default=None, max_length=100)
+    store_id: int | None = Field(default=None, foreign_key="store.id")
+    clerk_id: int | None = Field(default=None, foreign_key="clerk.id")
+    created_at: datetime = _ts()
+    last_used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class QueueEntry(SQLModel, table=True):
+    """A customer with no advisor, waiting in a store's unassigned queue (store NULL: brand-wide)."""
+
+    __tablename__ = "unassigned_queue"
+    __table_args__ = (
+        sa.Index(
+            "uq_queue_open",
+            "customer_id",
+            unique=True,
+            sqlite_where=sa.text("resolved_at IS NULL"),
+            postgresql_where=sa.text("resolved_at IS NULL"),
+        ),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id")
+    store_id: int | None = Field(default=None, foreign_key="store.id", index=True)
+    reason: str = Field(max_length=64)
+    created_at: datetime = _ts()
+    resolved_at: datetime | None = _ts(nullable=True)

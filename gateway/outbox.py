@@ -1,0 +1,281 @@
+"""The durable outbox: every outbound message is a row first, then a send.
+
+Claiming is atomic (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's write lock does the same), a
+claim is a lease: a worker that dies between claim and send leaves a row that another worker takes
+once the lease runs out. Sends carry the row's idempotency key so a platform that dedupes by it
+never shows a message twice. Retryable errors back off exponentially with jitter; Permanent ones
+become dead letters (or held, with the platform's reason) visible through the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import and_, or_, select, update
+
+from gateway.adapter import Permanent, Retryable
+from gateway.model import Message, Target
+from gateway.models import ChatMessage, Customer, Outbox
+from gateway.ratelimit import TokenBucket
+from gateway.sql import insert_ignore
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("gateway.outbox")
+
+# Kinds that are marketing: opt-outs and (later) quiet hours and caps apply to them.
+PUSH_KINDS = frozenset({"push"})
+
+
+class OutboxWorker:
+    def __init__(self, gw: Gateway):
+        self.gw = gw
+        self.cfg = gw.config.outbox
+        self.worker_id = f"{gw.instance_id}:{uuid.uuid4().hex[:6]}"
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task] = set()
+        self._stopping = False
+        self._task: asyncio.Task | None = None
+        self._limiters: dict[str, TokenBucket] = {}
+        self.sent = 0  # counters for tests, metrics and benchmarks
+        self.failed = 0
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        session,
+        target: Target,
+        message: Message,
+        *,
+        idem_key: str,
+        kind: str = "reply",
+        campaign_id: int | None = None,
+    ) -> int | None:
+        """Add a message to the outbox inside the caller's transaction; None if the key exists."""
+        adapter = self.gw.adapters.get(target.identity.account)
+        if adapter is None:
+            raise ValueError(f"no account named {target.identity.account!r} is configured")
+        now = self.gw.clock.now()
+        status, code = "pending", None
+        if kind in PUSH_KINDS and target.customer_id is not None:
+            customer = await session.get(Customer, target.customer_id)
+            if customer is not None and customer.opted_out_at is not None:
+                status, code = "held", "opted_out"
+        res = await session.execute(
+            insert_ignore(session, Outbox, conflict=["idem_key"])
+            .values(
+                idem_key=idem_key,
+                platform=target.identity.platform,
+                account=target.identity.account,
+                target=target.to_dict(),
+                message=message.to_dict(),
+                kind=kind,
+                status=status,
+                error_code=code,
+                last_error="customer opted out" if code == "opted_out" else None,
+                next_attempt_at=now,
+                customer_id=target.customer_id,
+                clerk_id=target.clerk_id,
+                campaign_id=campaign_id,
+                created_at=now,
+            )
+            .returning(Outbox.id)
+        )
+        outbox_id = res.scalar()
+        if outbox_id is None:
+            return None
+        msg_id = (
+            await session.execute(
+                ChatMessage.__table__.insert()
+                .values(
+                    direction="out",
+                    side=adapter.side,
+                    platform=target.identity.platform,
+                    account=target.identity.account,
+                    peer_id=target.identity.external_id,
+                    customer_id=target.customer_id,
+                    clerk_id=target.clerk_id,
+                    segments=[s.to_dict() for s in message.segments],
+                    text=message.plain_text,
+                    sender_name=message.sender_name,
+                    status="held" if status == "held" else "queued",
+                    created_at=now,
+                )
+                .returning(ChatMessage.id)
+            )
+        ).scalar_one()
+        await session.execute(update(Outbox).where(Outbox.id == outbox_id).values(message_id=msg_id))
+        return outbox_id
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def limiter(self, account: str) -> TokenBucket:
+        if account not in self._limiters:
+            caps = self.gw.adapters[account].capabilities()
+            self._limiters[account] = TokenBucket(caps.rate_per_sec, caps.burst)
+        return self._limiters[account]
+
+    async def claim(self, limit: int) -> list:
+        now = self.gw.clock.now()
+        due = or_(
+            and_(Outbox.status == "pending", Outbox.next_attempt_at <= now),
+            and_(Outbox.status == "sending", Outbox.lease_until < now),  # a dead worker's lease ran out
+        )
+        pick = (
+            select(Outbox.id)
+            .where(due, Outbox.account.in_(list(self.gw.adapters)))
+            .order_by(Outbox.next_attempt_at, Outbox.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(Outbox)
+            .where(Outbox.id.in_(pick.scalar_subquery()))
+            .values(
+                status="sending",
+                attempts=Outbox.attempts + 1,
+                lease_until=now + timedelta(seconds=self.cfg.lease_seconds),
+                claimed_by=self.worker_id,
+            )
+            .returning(Outbox.id, Outbox.idem_key, Outbox.account, Outbox.target, Outbox.message,
+                       Outbox.attempts, Outbox.message_id, Outbox.created_at)
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
+        async with self.gw.db() as s:
+            rows = (await s.execute(stmt)).all()
+            await s.commit()
+        return rows
+
+    async def deliver(self, row) -> str:
+        """Send one claimed row and record the outcome. Returns the new status."""
+        adapter = self.gw.adapters[row.account]
+        message = Message.from_dict(row.message)
+        message.ref = {"id": row.message_id, "created_at": row.created_at.isoformat()}
+        await self.limiter(row.account).acquire()
+        try:
+            receipt = await adapter.send(Target.from_dict(row.target), message, idem_key=row.idem_key)
+        except Retryable as e:
+            return await self._retry(row, str(e), e.retry_after)
+        except Permanent as e:
+            return await self._finish(row, "held" if e.hold else "dead", error=str(e), code=e.code)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # an adapter bug or a network fault we did not classify: retry, loudly
+            log.exception("outbox send %s failed unexpectedly", row.id)
+            return await self._retry(row, f"{type(e).__name__}: {e}", None)
+        return await self._finish(
+            row, "sent", platform_msg_id=receipt.platform_msg_id, delivered=receipt.delivered
+        )
+
+    async def _retry(self, row, error: str, retry_after: float | None) -> str:
+        if row.attempts >= self.cfg.max_attempts:
+            return await self._finish(row, "dead", error=f"gave up after {row.attempts} attempts: {error}")
+        delay = min(self.cfg.backoff_max, self.cfg.backoff_base ** row.attempts) * (0.5 + random.random() / 2)
+        delay = max(delay, retry_after or 0)
+        async with self.gw.db() as s:
+            await s.execute(
+                update(Outbox)
+                .where(Outbox.id == row.id, Outbox.claimed_by == self.worker_id, Outbox.status == "sending")
+                .values(
+                    status="pending",
+                    lease_until=None,
+                    next_attempt_at=self.gw.clock.now() + timedelta(seconds=delay),
+                    last_error=error[:2000],
+                )
+            )
+            await s.commit()
+        return "pending"
+
+    async def _finish(self, row, status: str, *, error=None, code=None, platform_msg_id=None, delivered=False) -> str:
+        now = self.gw.clock.now()
+        msg_status = {"sent": "delivered" if delivered else "sent", "held": "held"}.get(status, "failed")
+        async with self.gw.db() as s:
+            await s.execute(
+                update(Outbox)
+                .where(Outbox.id == row.id, Outbox.claimed_by == self.worker_id, Outbox.status == "sending")
+                .values(
+                    status=status,
+                    lease_until=None,
+                    sent_at=now if status == "sent" else None,
+                    platform_msg_id=platform_msg_id,
+                    last_error=error[:2000] if error else None,
+                    error_code=code,
+                )
+            )
+            if row.message_id is not None:
+                await s.execute(
+                    update(ChatMessage)
+                    .where(ChatMessage.id == row.message_id)
+                    .values(status=msg_status, platform_msg_id=platform_msg_id, sent_at=now if status == "sent" else None)
+                )
+            await s.commit()
+        if status == "sent":
+            self.sent += 1
+        else:
+            self.failed += 1
+        return status
+
+    async def _run_one(self, row) -> None:
+        try:
+            await self.deliver(row)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the DB write failed: the lease will expire and the row is retried
+            log.exception("outbox row %s: could not record the outcome", row.id)
+        finally:
+            self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            free = self.cfg.concurrency - len(self._inflight)
+            rows = []
+            if free > 0:
+                try:
+                    rows = await self.claim(min(free, self.cfg.batch))
+                except Exception:
+                    log.exception("outbox claim failed; retrying")
+                    await asyncio.sleep(self.cfg.poll_interval)
+                    continue
+            for row in rows:
+                task = asyncio.create_task(self._run_one(row), name=f"outbox-{row.id}")
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            if not rows:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval)
+                except TimeoutError:
+                    pass
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self.run(), name="outbox-worker")
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let in-flight sends finish within `grace`, hand the rest back."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        async with self.gw.db() as s:
+            await s.execute(
+                update(Outbox)
+                .where(Outbox.claimed_by == self.worker_id, Outbox.status == "sending")
+                .values(status="pending", lease_until=None)
+            )
+            await s.commit()

@@ -1,0 +1,165 @@
+"""The running gateway: database, adapters, ingress, dispatcher, outbox — and the Host port that
+adapters use to reach the gateway without touching the database themselves."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bots import root_router
+from gateway import advisors
+from gateway.adapter import Adapter, adapter_class
+from gateway.clock import Clock
+from gateway.config import Config
+from gateway.db import make_engine, session_factory
+from gateway.hub import Hub
+from gateway.ingress import Ingress
+from gateway.middleware import MIDDLEWARES
+from gateway.model import Identity
+from gateway.models import ApiToken, Binding, ChatMessage, Clerk, Store
+from gateway.models import Identity as IdentityRow
+from gateway.outbox import OutboxWorker
+from gateway.router import Dispatcher
+from gateway.tokens import Principal, hash_token, resolve_token
+
+log = logging.getLogger("gateway")
+
+_TOKEN_CACHE_SECONDS = 30.0
+
+
+class Gateway:
+    def __init__(self, config: Config, *, clock: Clock | None = None, engine: AsyncEngine | None = None):
+        self.config = config
+        self.clock = clock or Clock()
+        self.tz = ZoneInfo(config.timezone)
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.engine = engine or make_engine(config.database.url, echo=config.database.echo,
+                                            pool_size=config.database.pool_size)
+        self._owns_engine = engine is None
+        self.db = session_factory(self.engine)
+        self._hub = Hub()
+        self.adapters: dict[str, Adapter] = {}
+        for acc in config.accounts:
+            cls = adapter_class(acc.platform)
+            self.adapters[acc.name] = cls(acc, self)
+        self.clerk_accounts = {n: a.platform for n, a in self.adapters.items() if a.side == "clerk"}
+        self.dispatcher = Dispatcher(root_router(), MIDDLEWARES)
+        self.ingress = Ingress(self)
+        self.outbox = OutboxWorker(self)
+        self._tokens: dict[str, tuple[float, Principal | None]] = {}
+        self.started = False
+
+    @property
+    def max_body(self) -> int:
+        return self.config.server.max_body
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, *, workers: bool = True) -> None:
+        for adapter in self.adapters.values():
+            await adapter.start()
+        if workers:
+            await self.ingress.start()
+            self.outbox.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        """Drain: finish in-flight inbound work, then in-flight sends, then close."""
+        grace = self.config.server.shutdown_grace
+        await self.ingress.stop(grace)
+        await self.outbox.stop(grace)
+        for adapter in self.adapters.values():
+            await adapter.stop()
+        if self._owns_engine:
+            await self.engine.dispose()
+        self.started = False
+
+    # -- the Host port ----------------------------------------------------------------------------
+
+    async def ingest(self, adapter: Adapter, request):
+        return await self.ingress.handle(adapter, request)
+
+    def hub(self) -> Hub:
+        return self._hub
+
+    async def principal(self, token: str) -> Principal | None:
+        """Token → principal, cached briefly (a revoked token stops working within 30 s)."""
+        now = time.monotonic()
+        hit = self._tokens.get(token)
+        if hit and hit[0] > now:
+            return hit[1]
+        async with self.db() as s:
+            p = await resolve_token(s, token)
+            if p is not None:
+                await s.execute(
+                    update(ApiToken).where(ApiToken.token_hash == hash_token(token)).values(last_used_at=self.clock.now())
+                )
+                await s.commit()
+        if len(self._tokens) > 10_000:
+            self._tokens.clear()
+        self._tokens[token] = (now + _TOKEN_CACHE_SECONDS, p)
+        return p
+
+    async def history(self, identity: Identity, after: int, limit: int) -> list[dict]:
+        from adapters.webim import history_item
+
+        m = ChatMessage
+        q = (
+            select(m.id, m.direction, m.segments, m.sender_name, m.status, m.client_msg_id, m.created_at)
+            .where(m.platform == identity.platform, m.account == identity.account, m.peer_id == identity.external_id,
+                   m.id > after, m.status.not_in(("queued", "held", "failed")))
+            .order_by(m.id)
+            .limit(limit)
+        )
+        async with self.db() as s:
+            rows = (await s.execute(q)).mappings().all()
+        return [history_item({**r, "created_at": r["created_at"].astimezone(self.tz).isoformat()}) for r in rows]
+
+    async def query(self, name: str, **kw):
+        return await getattr(self, f"_q_{name}")(**kw)
+
+    async def _q_advisor_of(self, identity: Identity) -> dict | None:
+        async with self.db() as s:
+            row = (
+                await s.execute(
+                    select(Clerk.display_name)
+                    .join(Binding, (Binding.clerk_id == Clerk.id) & Binding.valid_to.is_(None))
+                    .join(IdentityRow, IdentityRow.customer_id == Binding.customer_id)
+                    .where(IdentityRow.platform == identity.platform, IdentityRow.account == identity.account,
+                           IdentityRow.external_id == identity.external_id)
+                )
+            ).first()
+        return {"name": row[0]} if row else None
+
+    async def _q_clerk_profile(self, clerk_id: int) -> dict | None:
+        async with self.db() as s:
+            row = (await s.execute(select(Clerk, Store.name).join(Store).where(Clerk.id == clerk_id))).first()
+        if row is None:
+            return None
+        clerk, store_name = row
+        return {"id": clerk.id, "name": clerk.name, "display_name": clerk.display_name, "store_id": clerk.store_id,
+                "store_name": store_name, "status": clerk.status}
+
+    async def _q_clerk_customers(self, clerk_id: int) -> list[dict]:
+        async with self.db() as s:
+            current = (await s.execute(select(Clerk.current_customer_id).where(Clerk.id == clerk_id))).scalar()
+            rows = await advisors.clerk_customers(s, clerk_id)
+        return [
+            {"handle": n, "customer_id": c.id, "name": advisors.customer_name(c),
+             "last_message_at": at.astimezone(self.tz).isoformat() if at else None, "current": c.id == current}
+            for c, n, at in rows
+        ]
+
+    # -- helpers for bots ----------------------------------------------------------------------
+
+    async def clerk_target(self, session, clerk: Clerk):
+        return await advisors.clerk_target(session, clerk, self.clerk_accounts)
+
+    def invite_url(self, code: str) -> str:
+        return f"{self.config.server.base_url()}/i/{code}"

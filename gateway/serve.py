@@ -1,0 +1,49 @@
+"""`gateway serve`: migrate (SQLite by default), start, and shut down gracefully on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import Config
+from gateway.db import upgrade
+from gateway.runtime import Gateway
+from gateway.seed import banner, seed_if_empty
+
+log = logging.getLogger("gateway")
+
+
+async def run(cfg: Config) -> None:
+    auto = cfg.database.auto_upgrade if cfg.database.auto_upgrade is not None else cfg.database.is_sqlite
+    if auto:
+        await upgrade(cfg.database.url)
+    gw = Gateway(cfg)
+    app = create_app(gw, manage_lifecycle=False)
+    await gw.start()
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
+    await site.start()
+    if cfg.server.first_run_seed:
+        info = await seed_if_empty(gw)
+        if info:
+            print(banner(info), flush=True)
+    log.info("serving on http://%s:%s (console /console/, accounts: %s)", cfg.server.host, cfg.server.port,
+             ", ".join(gw.adapters))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining in-flight work")
+    await runner.cleanup()  # stop accepting, finish open requests
+    await gw.stop()
+
+
+def serve(cfg: Config) -> int:
+    asyncio.run(run(cfg))
+    return 0

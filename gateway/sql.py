@@ -1,0 +1,11 @@
+"""Small dialect helpers: the two backends differ only in how an upsert is spelled."""
+
+from __future__ import annotations
+
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def insert_ignore(session, table, *, conflict: list[str]):
+    """INSERT … ON CONFLICT (cols) DO NOTHING for the session's dialect."""
+    mod = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    return mod.insert(table).on_conflict_do_nothing(index_elements=conflict)
