@@ -96,6 +96,8 @@ def cmd_serve(args) -> int:
 def cmd_demo(args) -> int:
     from gateway.demo import main as demo
 
+    logging.getLogger().setLevel(logging.WARNING)  # the story is the output
+
     return asyncio.run(demo())
 
 

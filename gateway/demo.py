@@ -1,0 +1,138 @@
+"""`gateway demo`: the story end to end on a temporary SQLite and the built-in simulators.
+
+A store and a clerk are created through the admin API, a customer binds through an invite from the
+brand's app, they chat both ways, the customer opts out; then a summary table is printed. Any
+failed step makes the command exit non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy import func, select
+
+from adapters.webchat.simulator import BrandApp
+from adapters.workbench.simulator import ClerkClient
+from gateway.app import create_app
+from gateway.config import build_config
+from gateway.db import upgrade
+from gateway.models import Binding, ChatMessage, Interaction, Outbox
+from gateway.runtime import Gateway
+from gateway.tokens import create_token
+
+
+class StepFailed(Exception):
+    pass
+
+
+def _step(n: int, text: str) -> None:
+    print(f"  {n:>2}. {text}", flush=True)
+
+
+async def _expect(resp: aiohttp.ClientResponse, status: int) -> dict:
+    async with resp:
+        body = await resp.json()
+        if resp.status != status:
+            raise StepFailed(f"{resp.method} {resp.url.path}: expected {status}, got {resp.status} {body}")
+        return body
+
+
+async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: str) -> dict:
+    async with gw.db() as s:
+        _, admin = await create_token(s, "admin", name="demo")
+        await s.commit()
+    h = {"Authorization": f"Bearer {admin}"}
+    api = f"{server}/api/v1"
+
+    store = await _expect(await http.post(f"{api}/stores", json={"name": "静安嘉里店", "city": "上海"}, headers=h), 201)
+    clerk = await _expect(await http.post(f"{api}/clerks", headers=h, json={
+        "name": "林小雨", "display_name": "小林", "store_id": store["id"]}), 201)
+    _step(1, f"store #{store['id']} {store['name']} and clerk #{clerk['id']} {clerk['display_name']} created")
+    token = (await _expect(await http.post(f"{api}/clerks/{clerk['id']}/token", headers=h), 201))["token"]
+    invite = await _expect(await http.post(f"{api}/invites", headers=h, json={"clerk_id": clerk["id"], "source": "counter"}), 201)
+    _step(2, f"invite {invite['code']} → {invite['url']}")
+
+    brand = BrandApp(http, server, "webchat", secret)
+    customer = await brand.login("demo-customer-1", "王女士")
+    wb = ClerkClient(http, server, token)
+    status, bound = await customer.bind(invite["code"])
+    if status != 200:
+        raise StepFailed(f"bind failed: {status} {bound}")
+    welcome = await customer.wait_for(lambda m: m["sender"] == {"name": "小林"})
+    _step(3, f"customer bound to {bound['advisor']['name']}; welcome: {welcome['text'][:24]}…")
+
+    await customer.say("你好，上次看的那双鞋还有37码吗？")
+    relayed = await wb.wait_for(lambda m: m["text"].startswith("【王女士 #"))
+    _step(4, f"clerk sees: {relayed['text']}")
+    await wb.say("有的，给您留一双，周末来试穿～")
+    reply = await customer.wait_for(lambda m: "留一双" in m["text"])
+    _step(5, f"customer sees from {reply['sender']['name']}: {reply['text']}")
+    await wb.wait_for(lambda m: m["text"].startswith("→"))
+    await wb.say("/customers")
+    listing = await wb.wait_for(lambda m: "王女士" in m["text"] and "#1" in m["text"])
+    _step(6, "clerk /customers: " + listing["text"].splitlines()[-1])
+
+    await customer.say("退订")
+    await customer.wait_for(lambda m: "退订" in m["text"])
+    _step(7, "customer replied 退订: opted out of promotions")
+
+    await asyncio.sleep(0.2)
+    async with gw.db() as s:
+        def n(model, *where):
+            return select(func.count()).select_from(model).where(*where)
+
+        return {
+            "bindings (open)": (await s.execute(n(Binding, Binding.valid_to.is_(None)))).scalar(),
+            "messages in": (await s.execute(n(ChatMessage, ChatMessage.direction == "in"))).scalar(),
+            "messages out": (await s.execute(n(ChatMessage, ChatMessage.direction == "out"))).scalar(),
+            "outbox sent": (await s.execute(n(Outbox, Outbox.status == "sent"))).scalar(),
+            "outbox not sent": (await s.execute(n(Outbox, Outbox.status != "sent"))).scalar(),
+            "interactions": (await s.execute(n(Interaction))).scalar(),
+        }
+
+
+async def main() -> int:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'demo.db'}"
+        secret = secrets.token_hex(16)
+        cfg = build_config({
+            "database": {"url": url},
+            "server": {"first_run_seed": False},
+            "outbox": {"poll_interval": 0.05},
+            "accounts": [{"name": "workbench", "platform": "workbench"},
+                         {"name": "webchat", "platform": "webchat", "secret": secret}],
+        }, env={})
+        await upgrade(url)
+        gw = Gateway(cfg)
+        runner = web.AppRunner(create_app(gw))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        server = f"http://127.0.0.1:{port}"
+        cfg.server.public_url = server
+        print(f"Advisor Gateway demo — in-process gateway at {server}, temporary SQLite\n")
+        try:
+            async with aiohttp.ClientSession() as http:
+                summary = await asyncio.wait_for(story(gw, server, http, secret), 60)
+        except (StepFailed, TimeoutError) as e:
+            print(f"\nDEMO FAILED: {e or 'a step timed out'}", file=sys.stderr)
+            return 1
+        finally:
+            await runner.cleanup()
+    print("\nSummary")
+    width = max(len(k) for k in summary)
+    print("  " + "-" * (width + 10))
+    for k, v in summary.items():
+        print(f"  {k:<{width}}  {v:>6}")
+    print("  " + "-" * (width + 10))
+    print(f"\nAll steps passed in {time.monotonic() - started:.1f} s.")
+    return 0
