@@ -100,6 +100,12 @@ async def invite_qr(request: web.Request) -> web.Response:
     return qr_response(request.app[GATEWAY].invite_url(invite.code), request.match_info["kind"])
 
 
+async def openapi(request: web.Request) -> web.Response:
+    from gateway.openapi import document
+
+    return web.json_response(document())
+
+
 async def console(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / "console.html", headers={"Cache-Control": "no-cache"})
 
@@ -122,6 +128,7 @@ def create_app(gw: Gateway, *, manage_lifecycle: bool = True) -> web.Application
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/i/{code}", invite_landing)
     app.router.add_get(r"/i/{code}/qr.{kind:png|svg}", invite_qr)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/console/", console)
     app.router.add_get("/console", _redirect("/console/"))
     app.router.add_get("/", _redirect("/console/"))

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="Advisor Gateway (导购网关)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the HTTP server, adapters, workers and scheduler")
+    s = sub.add_parser("serve", help="run the HTTP server, adapters and workers")
     s.add_argument("--config")
     s.add_argument("--host")
     s.add_argument("--port", type=int)

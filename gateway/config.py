@@ -88,7 +88,7 @@ class Policies(_Section):
     max_pushes: MaxPushes = MaxPushes()
     binding: Literal["keep_first", "latest_wins", "ask_customer"] = "keep_first"
     handover: Literal["successor", "least_loaded", "manager"] = "successor"
-    opt_out_keywords: list[str] = ["退订", "TD", "T", "unsubscribe", "STOP"]
+    opt_out_keywords: list[str] = ["退订", "TD", "unsubscribe", "STOP"]
     opt_in_keywords: list[str] = ["订阅", "subscribe"]
     consent_version: str = "v1"
 

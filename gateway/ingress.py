@@ -97,7 +97,13 @@ class Ingress:
         return claim_id
 
     def spawn(self, coro) -> asyncio.Task:
-        task = asyncio.create_task(coro)
+        async def guarded():
+            try:
+                await coro
+            except Exception:  # noqa: BLE001 - logged and recorded on the claim by process()
+                pass
+
+        task = asyncio.create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -121,7 +121,7 @@ class WebchatAdapter(Adapter):
         if not isinstance(result, dict):
             return error_response(500, "internal", "binding was not processed")
         if "error" in result:
-            status = {"invite_not_found": 404, "clerk_unavailable": 410, "already_bound": 409,
+            status = {"invite_not_found": 404, "clerk_unavailable": 409, "already_bound": 409,
                       "consent_required": 422}.get(result["error"], 400)
             extra = {"advisor": result["advisor"]} if "advisor" in result else {}
             return web.json_response({"error": {"code": result["error"], "message": result["message"]}, **extra},

@@ -1,0 +1,246 @@
+"""The outbox: exactly once across a dead worker, no double claims, backoff, dead letters, opt-outs."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from gateway.adapter import Permanent, Receipt, Retryable
+from gateway.clock import FakeClock
+from gateway.model import Identity, Message, Target
+from gateway.models import ChatMessage, Customer, Outbox
+from gateway.models import Identity as IdentityRow
+from gateway.outbox import OutboxWorker
+
+
+@pytest.fixture
+def clock():
+    from datetime import UTC, datetime
+
+    return FakeClock(datetime.now(UTC))
+
+
+class Recorder:
+    """Stands in for a platform: records every send; can fail on demand."""
+
+    def __init__(self, fail: list[Exception] | None = None):
+        self.sent: list[str] = []
+        self.fail = list(fail or [])
+
+    async def __call__(self, target, message, *, idem_key):
+        if self.fail:
+            raise self.fail.pop(0)
+        self.sent.append(idem_key)
+        return Receipt(platform_msg_id=f"p-{len(self.sent)}")
+
+
+async def customer(gw, user="u-1") -> Target:
+    async with gw.db() as s:
+        c = Customer(name="测试")
+        s.add(c)
+        await s.flush()
+        s.add(IdentityRow(customer_id=c.id, platform="webchat", account="webchat", external_id=user))
+        await s.commit()
+        return Target(Identity("webchat", "webchat", user), customer_id=c.id)
+
+
+async def enqueue(gw, target, n=1, kind="reply", prefix="k") -> list[int]:
+    ids = []
+    async with gw.db() as s:
+        for i in range(n):
+            ids.append(await gw.outbox.enqueue(s, target, Message.of_text(f"hello {i}"), idem_key=f"{prefix}-{i}", kind=kind))
+        await s.commit()
+    return ids
+
+
+async def rows(gw):
+    async with gw.db() as s:
+        return (await s.exec(select(Outbox).order_by(Outbox.id))).all()
+
+
+async def test_worker_killed_between_claim_and_send_delivers_once(gw, clock, backend):
+    rec = Recorder()
+    gw.adapters["webchat"].send = rec
+    target = await customer(gw)
+    await enqueue(gw, target)
+
+    dead = OutboxWorker(gw)
+    claimed = await dead.claim(10)
+    assert len(claimed) == 1  # …and then the process dies: no send, no outcome recorded
+
+    survivor = OutboxWorker(gw)
+    assert await survivor.claim(10) == []  # the lease still holds
+    clock.advance(seconds=gw.config.outbox.lease_seconds + 1)
+    again = await survivor.claim(10)
+    assert [r.id for r in again] == [claimed[0].id]
+    assert await survivor.deliver(again[0]) == "sent"
+
+    # The dead worker's late outcome (if it ever came back) cannot overwrite the survivor's.
+    assert await dead._finish(claimed[0], "dead", error="late") == "dead"
+    (row,) = await rows(gw)
+    assert row.status == "sent" and row.attempts == 2 and row.platform_msg_id == "p-1"
+    assert rec.sent == ["k-0"]
+    clock.advance(seconds=3600)
+    assert await survivor.claim(10) == []
+
+
+async def test_concurrent_workers_never_claim_the_same_row(gw, backend):
+    target = await customer(gw)
+    await enqueue(gw, target, n=120)
+    workers = [OutboxWorker(gw) for _ in range(4)]
+    seen: list[int] = []
+    while True:
+        batches = await asyncio.gather(*(w.claim(7) for w in workers))
+        got = [r.id for b in batches for r in b]
+        if not got:
+            break
+        seen.extend(got)
+    assert len(seen) == 120 and len(set(seen)) == 120
+
+
+async def test_retryable_backs_off_then_succeeds(gw, clock, backend):
+    rec = Recorder(fail=[Retryable("HTTP 503"), Retryable("throttled", retry_after=120)])
+    gw.adapters["webchat"].send = rec
+    await enqueue(gw, await customer(gw))
+    w = OutboxWorker(gw)
+
+    (r,) = await w.claim(1)
+    assert await w.deliver(r) == "pending"
+    (row,) = await rows(gw)
+    first_delay = (row.next_attempt_at - clock.now()).total_seconds()
+    assert 0 < first_delay <= gw.config.outbox.backoff_base and row.last_error == "HTTP 503"
+    assert await w.claim(1) == []  # not due yet
+
+    clock.advance(seconds=first_delay + 0.01)
+    (r,) = await w.claim(1)
+    assert await w.deliver(r) == "pending"
+    (row,) = await rows(gw)
+    assert (row.next_attempt_at - clock.now()).total_seconds() >= 120  # the platform's retry-after wins
+
+    clock.advance(seconds=121)
+    (r,) = await w.claim(1)
+    assert await w.deliver(r) == "sent"
+    assert rec.sent == ["k-0"]
+
+
+async def test_gives_up_after_max_attempts_and_retry_api(gw, clock, client, world):
+    gw.outbox.cfg.max_attempts = 2
+    rec = Recorder(fail=[Retryable("down")] * 2)
+    gw.adapters["webchat"].send = rec
+    await gw.outbox.stop(0)  # drive the worker by hand
+    await enqueue(gw, await customer(gw))
+    w = OutboxWorker(gw)
+    for _ in range(2):
+        (r,) = await w.claim(1)
+        await w.deliver(r)
+        clock.advance(seconds=600)
+    (row,) = await rows(gw)
+    assert row.status == "dead" and "gave up after 2 attempts" in row.last_error
+
+    h = {"Authorization": f"Bearer {world.admin_token}"}
+    listed = await (await client.get("/api/v1/outbox?status=dead", headers=h)).json()
+    assert [i["id"] for i in listed["items"]] == [row.id]
+    resp = await client.post(f"/api/v1/outbox/{row.id}/retry", headers=h)
+    assert resp.status == 200
+    (r,) = await w.claim(1)
+    assert await w.deliver(r) == "sent"
+    assert (await client.post(f"/api/v1/outbox/{row.id}/retry", headers=h)).status == 409
+
+
+async def test_permanent_error_is_a_dead_letter_with_the_platform_code(gw):
+    gw.adapters["webchat"].send = Recorder(fail=[Permanent("user blocked us", code="43004")])
+    await enqueue(gw, await customer(gw))
+    w = OutboxWorker(gw)
+    (r,) = await w.claim(1)
+    assert await w.deliver(r) == "dead"
+    (row,) = await rows(gw)
+    assert (row.status, row.error_code, row.last_error) == ("dead", "43004", "user blocked us")
+    async with gw.db() as s:
+        msg = await s.get(ChatMessage, row.message_id)
+    assert msg.status == "failed"
+
+
+async def test_pushes_to_an_opted_out_customer_are_held(gw, backend):
+    rec = Recorder()
+    gw.adapters["webchat"].send = rec
+    target = await customer(gw)
+    async with gw.db() as s:
+        c = await s.get(Customer, target.customer_id)
+        c.opted_out_at = gw.clock.now()
+        await s.commit()
+    await enqueue(gw, target, kind="push", prefix="push")
+    await enqueue(gw, target, kind="reply", prefix="reply")  # conversation still works
+    w = OutboxWorker(gw)
+    for r in await w.claim(10):
+        await w.deliver(r)
+    assert rec.sent == ["reply-0"]
+    push = [r for r in await rows(gw) if r.kind == "push"][0]
+    assert (push.status, push.error_code) == ("held", "opted_out")
+
+
+async def test_duplicate_idempotency_key_is_ignored(gw):
+    target = await customer(gw)
+    assert (await enqueue(gw, target))[0] is not None
+    assert await enqueue(gw, target) == [None]
+    assert len(await rows(gw)) == 1
+
+
+async def test_rate_limit_spaces_sends(gw):
+    from gateway.ratelimit import TokenBucket
+
+    t = [0.0]
+    bucket = TokenBucket(rate=10, burst=2, monotonic=lambda: t[0])
+    slept = []
+
+    async def fake_sleep(s):
+        slept.append(s)
+        t[0] += s
+
+    import gateway.ratelimit as rl
+
+    orig = rl.asyncio.sleep
+    rl.asyncio.sleep = fake_sleep
+    try:
+        for _ in range(5):
+            await bucket.acquire()
+    finally:
+        rl.asyncio.sleep = orig
+    assert slept == [pytest.approx(0.1)] * 3  # two from the burst, then 10 a second
+    assert bucket.waited == pytest.approx(0.3)
+
+
+async def test_stop_drains_in_flight_sends(gw):
+    started, release = asyncio.Event(), asyncio.Event()
+    sent = []
+
+    async def slow(target, message, *, idem_key):
+        started.set()
+        await release.wait()
+        sent.append(idem_key)
+        return Receipt()
+
+    gw.adapters["webchat"].send = slow
+    await enqueue(gw, await customer(gw))
+    await gw.start()
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.create_task(gw.outbox.stop(grace=5))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waiting for the send in flight
+    release.set()
+    await stopping
+    (row,) = await rows(gw)
+    assert sent == ["k-0"] and row.status == "sent"
+    await gw.ingress.stop(0)
+    gw.started = False
+    await gw.engine.dispose()
+
+
+async def test_lease_expiry_uses_the_injected_clock(gw, clock):
+    await enqueue(gw, await customer(gw))
+    w = OutboxWorker(gw)
+    (r,) = await w.claim(1)
+    (row,) = await rows(gw)
+    assert row.lease_until - clock.now() == timedelta(seconds=gw.config.outbox.lease_seconds)
