@@ -257,7 +257,7 @@ async def token_revoke(q: Req):
             raise ApiError(404, "not_found", "no such token")
         row.revoked_at = row.revoked_at or q.gw.clock.now()
         await s.commit()
-    q.gw._tokens.clear()
+    q.gw.forget_tokens()
     return {"id": row.id, "revoked_at": row.revoked_at.isoformat()}
 
 

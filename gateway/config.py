@@ -223,13 +223,17 @@ def build_config(data: dict | None, env: dict[str, str] | None = None) -> Config
     raw = _substitute_env(raw, "", env, problems)
     if problems:
         raise ConfigError(problems)
+    cfg = None
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError([(_loc(err["loc"]), err["msg"]) for err in e.errors()]) from None
-    cfg.accounts = _validate_accounts(cfg.accounts, problems)
-    if problems:
+        problems.extend((_loc(err["loc"]), err["msg"]) for err in e.errors())
+    # Accounts are checked even when other sections failed, so one run reports every problem.
+    accounts = raw.get("accounts", _default_accounts()) if cfg is None else cfg.accounts
+    accounts = _validate_accounts(accounts if isinstance(accounts, list) else [], problems)
+    if problems or cfg is None:
         raise ConfigError(problems)
+    cfg.accounts = accounts
     return cfg
 
 

@@ -106,6 +106,10 @@ class Gateway:
         self._tokens[token] = (now + _TOKEN_CACHE_SECONDS, p)
         return p
 
+    def forget_tokens(self) -> None:
+        """Drop cached principals so a revocation takes effect at once on this instance."""
+        self._tokens.clear()
+
     async def history(self, identity: Identity, after: int, limit: int) -> list[dict]:
         from adapters.webim import history_item
 
