@@ -9,7 +9,7 @@ import socket
 import time
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots import root_router
@@ -110,20 +110,30 @@ class Gateway:
         """Drop cached principals so a revocation takes effect at once on this instance."""
         self._tokens.clear()
 
-    async def history(self, identity: Identity, after: int, limit: int) -> list[dict]:
+    async def history(self, identity: Identity, after: int, limit: int) -> dict:
+        """A peer's visible messages after a cursor: {"items", "next"}.
+
+        `next` never passes a message still in the outbox, so a poller cannot skip it once it is
+        sent; items past it may come again (clients dedupe by id).
+        """
         from adapters.webim import history_item
 
         m = ChatMessage
+        peer = (m.platform == identity.platform, m.account == identity.account, m.peer_id == identity.external_id)
         q = (
             select(m.id, m.direction, m.segments, m.sender_name, m.status, m.client_msg_id, m.created_at)
-            .where(m.platform == identity.platform, m.account == identity.account, m.peer_id == identity.external_id,
-                   m.id > after, m.status.not_in(("queued", "held", "failed")))
+            .where(*peer, m.id > after, m.status.not_in(("queued", "held", "failed")))
             .order_by(m.id)
             .limit(limit)
         )
         async with self.db() as s:
             rows = (await s.execute(q)).mappings().all()
-        return [history_item({**r, "created_at": r["created_at"].astimezone(self.tz).isoformat()}) for r in rows]
+            in_flight = (await s.execute(select(func.min(m.id)).where(*peer, m.id > after, m.status == "queued"))).scalar()
+        items = [history_item({**r, "created_at": r["created_at"].astimezone(self.tz).isoformat()}) for r in rows]
+        nxt = items[-1]["id"] if items else after
+        if in_flight is not None:
+            nxt = min(nxt, in_flight - 1)
+        return {"items": items, "next": max(nxt, after)}
 
     async def query(self, name: str, **kw):
         return await getattr(self, f"_q_{name}")(**kw)

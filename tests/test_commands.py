@@ -83,8 +83,9 @@ async def test_unknown_work_identity_is_told(client, gw, world):
 
 
 async def test_opt_out_and_back_in(client, gw, world):
-    from gateway.models import Customer, Interaction
     from sqlmodel import select
+
+    from gateway.models import Customer, Interaction
 
     brand, clerk = sims(client, world.clerk_token)
     c = await brand.login("u-o", "欧")

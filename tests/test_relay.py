@@ -127,3 +127,24 @@ async def test_binding_policy_keep_first(client, gw, world):
     assert status == 200 and body["new"] is False
     assert (await eve.bind("nosuchcode"))[0] == 404
     assert (await eve.bind(world.invite, consent=False))[0] == 422
+
+
+async def test_history_cursor_never_skips_a_message_still_in_the_outbox(gw):
+    from gateway.model import Identity as Ident
+    from gateway.models import ChatMessage as M
+
+    peer = dict(platform="webchat", account="webchat", peer_id="u-h", side="customer", segments=[{"type": "text", "text": "x"}])
+    async with gw.db() as s:
+        rows = [M(direction="in", status="received", **peer), M(direction="out", status="queued", **peer),
+                M(direction="in", status="received", **peer)]
+        s.add_all(rows)
+        await s.commit()
+    ident = Ident("webchat", "webchat", "u-h")
+    page = await gw.history(ident, 0, 50)
+    assert [i["id"] for i in page["items"]] == [rows[0].id, rows[2].id]
+    assert page["next"] == rows[0].id  # not past the queued reply
+    async with gw.db() as s:
+        (await s.get(M, rows[1].id)).status = "sent"
+        await s.commit()
+    page = await gw.history(ident, page["next"], 50)
+    assert [i["id"] for i in page["items"]] == [rows[1].id, rows[2].id] and page["next"] == rows[2].id

@@ -141,8 +141,7 @@ class WebchatAdapter(Adapter):
             return error_response(401, "unauthorized", str(e))
         except BadRequest as e:
             return error_response(e.status, e.code, str(e), e.field)
-        items = await self.host.history(Identity(self.platform, self.account, claims["u"]), after, limit)
-        return web.json_response({"items": items, "next": items[-1]["id"] if items else after})
+        return web.json_response(await self.host.history(Identity(self.platform, self.account, claims["u"]), after, limit))
 
     async def _advisor(self, request: web.Request) -> web.Response:
         try:

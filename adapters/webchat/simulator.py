@@ -7,23 +7,18 @@ Used by tests, `gateway demo` and the benchmarks.
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 
 import aiohttp
 
 from adapters.webchat.crypto import session_sig
+from adapters.websim import WebPeer
 
 
-class CustomerClient:
+class CustomerClient(WebPeer):
     def __init__(self, http: aiohttp.ClientSession, base: str, token: str, user_id: str):
-        self.http, self.base, self.token, self.user_id = http, base, token, user_id
-        self.cursor = 0
-
-    @property
-    def headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.token}"}
+        super().__init__(http, base, token)
+        self.user_id = user_id
 
     async def _json(self, resp: aiohttp.ClientResponse) -> tuple[int, dict]:
         async with resp:
@@ -34,33 +29,8 @@ class CustomerClient:
             await self.http.post(f"{self.base}/bind", json={"invite": invite, "consent": consent}, headers=self.headers)
         )
 
-    async def say(self, text: str, client_msg_id: str | None = None) -> tuple[int, dict]:
-        body = {"text": text, "client_msg_id": client_msg_id or uuid.uuid4().hex}
-        return await self._json(await self.http.post(f"{self.base}/messages", json=body, headers=self.headers))
-
     async def advisor(self) -> dict | None:
         return (await self._json(await self.http.get(f"{self.base}/advisor", headers=self.headers)))[1]["advisor"]
-
-    async def fetch(self) -> list[dict]:
-        """New messages since the last fetch."""
-        _, body = await self._json(
-            await self.http.get(f"{self.base}/messages", params={"after": self.cursor}, headers=self.headers)
-        )
-        self.cursor = body["next"]
-        return body["items"]
-
-    async def wait_for(self, predicate, timeout: float = 5.0) -> dict:
-        """Poll history until an outgoing message matches."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for item in await self.fetch():
-                if item["direction"] == "out" and predicate(item):
-                    return item
-            await asyncio.sleep(0.05)
-        raise TimeoutError("no matching message arrived")
-
-    def ws(self):
-        return self.http.ws_connect(f"{self.base}/ws", params={"token": self.token})
 
 
 class BrandApp:

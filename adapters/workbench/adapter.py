@@ -79,8 +79,7 @@ class WorkbenchAdapter(Adapter):
     async def _history(self, request: web.Request) -> web.StreamResponse:
         async def run(clerk_id: int):
             after, limit = history_params(request)
-            items = await self.host.history(Identity(self.platform, self.account, str(clerk_id)), after, limit)
-            return web.json_response({"items": items, "next": items[-1]["id"] if items else after})
+            return web.json_response(await self.host.history(Identity(self.platform, self.account, str(clerk_id)), after, limit))
 
         return await self._guard(request, run)
 

@@ -1,15 +1,15 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23
 """
 
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-import gateway.db
+from alembic import op
 
+import gateway.db
 
 revision = '0001'
 down_revision = None
