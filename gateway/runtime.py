@@ -22,7 +22,7 @@ from gateway.hub import Hub
 from gateway.ingress import Ingress
 from gateway.middleware import MIDDLEWARES
 from gateway.model import Identity
-from gateway.models import ApiToken, Binding, ChatMessage, Clerk, Store
+from gateway.models import ApiToken, Binding, ChatMessage, Clerk, Invite, Store
 from gateway.models import Identity as IdentityRow
 from gateway.outbox import OutboxWorker
 from gateway.router import Dispatcher
@@ -147,6 +147,17 @@ class Gateway:
                     .join(IdentityRow, IdentityRow.customer_id == Binding.customer_id)
                     .where(IdentityRow.platform == identity.platform, IdentityRow.account == identity.account,
                            IdentityRow.external_id == identity.external_id)
+                )
+            ).first()
+        return {"name": row[0]} if row else None
+
+    async def _q_invite_advisor(self, code: str) -> dict | None:
+        async with self.db() as s:
+            row = (
+                await s.execute(
+                    select(Clerk.display_name)
+                    .join(Invite, Invite.clerk_id == Clerk.id)
+                    .where(Invite.code == code, Clerk.status == "active")
                 )
             ).first()
         return {"name": row[0]} if row else None

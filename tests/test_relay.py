@@ -27,6 +27,10 @@ async def test_bind_welcome_and_chat_both_ways(client, gw, world, backend):
     alice = await brand.login("u-alice", "Alice 张")
     assert await alice.advisor() is None
 
+    async with client.session.get(f"{alice.base}/invites/{world.invite}", headers=alice.headers) as resp:
+        assert resp.status == 200 and (await resp.json()) == {"advisor": {"name": "小林"}}
+    async with client.session.get(f"{alice.base}/invites/nope", headers=alice.headers) as resp:
+        assert resp.status == 404
     status, body = await alice.bind(world.invite)
     assert status == 200, body
     assert body["advisor"] == {"name": "小林"} and body["new"] is True

@@ -40,6 +40,7 @@ class WebchatAdapter(Adapter):
             RouteDef("POST", f"{b}/messages", self._ingest),
             RouteDef("GET", f"{b}/messages", self._history),
             RouteDef("GET", f"{b}/advisor", self._advisor),
+            RouteDef("GET", f"{b}/invites/{{code}}", self._invite),
             RouteDef("GET", f"{b}/ws", self._ws),
         ]
 
@@ -149,6 +150,17 @@ class WebchatAdapter(Adapter):
         except Unauthorized as e:
             return error_response(401, "unauthorized", str(e))
         advisor = await self.host.query("advisor_of", identity=Identity(self.platform, self.account, claims["u"]))
+        return web.json_response({"advisor": advisor})
+
+    async def _invite(self, request: web.Request) -> web.Response:
+        """Who an invite binds to, so the consent text can name the advisor before binding."""
+        try:
+            self._claims(request)
+        except Unauthorized as e:
+            return error_response(401, "unauthorized", str(e))
+        advisor = await self.host.query("invite_advisor", code=request.match_info["code"].lower()[:32])
+        if advisor is None:
+            return error_response(404, "invite_not_found", "no such invite")
         return web.json_response({"advisor": advisor})
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
