@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from gateway.adapter import BadRequest, Receipt, Unauthorized
 from gateway.model import Message, Segment
+
+# The page script both web channels share, served next to each page as `webim.js`.
+SHARED_JS = Path(__file__).parent / "static" / "webim.js"
 
 # Segments a client may send; cards and coupons are only ever sent by the gateway.
 CLIENT_SEGMENTS = frozenset({"text", "image", "file", "link", "location", "voice"})
@@ -126,6 +130,10 @@ async def live(request: web.Request, hub, account: str, external_id: str, heartb
         hub.unsubscribe(account, external_id, queue)
         await asyncio.gather(pumper, return_exceptions=True)
     return ws
+
+
+async def shared_js(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(SHARED_JS, headers={"Cache-Control": "no-cache", "Content-Type": "text/javascript"})
 
 
 def history_params(request: web.Request) -> tuple[int, int]:

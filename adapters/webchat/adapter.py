@@ -9,7 +9,7 @@ from aiohttp import web
 
 from adapters.webchat import api, codec, crypto, events
 from adapters.webchat.config import WebchatConfig
-from adapters.webim import bearer, history_params, live, read_json
+from adapters.webim import bearer, history_params, live, read_json, shared_js
 from gateway.adapter import Adapter, BadRequest, Capabilities, RouteDef, Unauthorized, register
 from gateway.ingress import error_response
 from gateway.model import Identity
@@ -34,6 +34,7 @@ class WebchatAdapter(Adapter):
         return [
             RouteDef("GET", f"{b}", self._redirect_page),
             RouteDef("GET", f"{b}/", self._page),
+            RouteDef("GET", f"{b}/webim.js", shared_js),
             RouteDef("POST", f"{b}/session", self._session),
             RouteDef("POST", f"{b}/dev-session", self._dev_session),
             RouteDef("POST", f"{b}/bind", self._ingest),

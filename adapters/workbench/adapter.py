@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from adapters.webim import bearer, history_params, live, read_json
+from adapters.webim import bearer, history_params, live, read_json, shared_js
 from adapters.workbench import api, codec, crypto, events
 from adapters.workbench.config import WorkbenchConfig
 from gateway.adapter import Adapter, BadRequest, Capabilities, RouteDef, Unauthorized, register
@@ -30,6 +30,7 @@ class WorkbenchAdapter(Adapter):
         return [
             RouteDef("GET", b, self._redirect_page),
             RouteDef("GET", f"{b}/", self._page),
+            RouteDef("GET", f"{b}/webim.js", shared_js),
             RouteDef("GET", f"{b}/api/me", self._me),
             RouteDef("POST", f"{b}/api/messages", self._ingest),
             RouteDef("GET", f"{b}/api/messages", self._history),
