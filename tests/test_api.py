@@ -139,7 +139,8 @@ async def test_clerk_token_signs_into_the_workbench(client, world):
     assert (await client.get("/workbench/api/me", headers=auth(world.admin_token))).status == 401
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/console/", "/workbench/", "/webchat/webchat/"])
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/console/", "/workbench/", "/webchat/webchat/",
+                                  "/workbench/webim.js", "/webchat/webchat/webim.js"])
 async def test_public_pages(client, path):
     resp = await client.get(path)
     assert resp.status == 200
