@@ -25,7 +25,8 @@ UNBOUND_REPLY = "您好，感谢您的留言！我们正在为您安排专属顾
 
 
 def _bound(ctx: Ctx) -> bool:
-    return ctx.binding is not None and ctx.clerk is not None
+    """An advisor who has left no longer gets messages: the customer waits in the queue instead."""
+    return ctx.binding is not None and ctx.clerk is not None and ctx.clerk.status == "active"
 
 
 @router.on("message", _bound, side="customer")

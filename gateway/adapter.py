@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from gateway.model import Event, Identity, Message, Target
 
-BUILTIN_ADAPTERS = ("adapters.webchat", "adapters.workbench")
+BUILTIN_ADAPTERS = ("adapters.webchat", "adapters.workbench", "adapters.dingtalk")
 
 
 class Unauthorized(Exception):
@@ -96,9 +96,13 @@ class Host(Protocol):
     """What the gateway offers adapters. Adapters call it; it never calls into platform code."""
 
     clock: Any
+    tz: Any  # the configured zone, for day boundaries
     max_body: int
+    base_url: str  # the gateway's public URL
 
     async def ingest(self, adapter: Adapter, request: web.Request) -> web.StreamResponse: ...
+
+    async def submit(self, adapter: Adapter, raw: Any) -> bool: ...
 
     async def principal(self, token: str) -> Principal | None: ...
 
@@ -147,8 +151,8 @@ class Adapter(ABC):
         """What the platform expects back once the input is durably claimed."""
 
     @abstractmethod
-    async def send(self, target: Target, message: Message, *, idem_key: str) -> Receipt:
-        """Deliver; raise Retryable or Permanent."""
+    async def send(self, target: Target, message: Message, *, idem_key: str, kind: str = "reply") -> Receipt:
+        """Deliver; raise Retryable or Permanent. `kind` is the outbox row's (reply, notice, brief, push…)."""
 
 
 _registry: dict[str, type[Adapter]] = {}

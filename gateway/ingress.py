@@ -63,18 +63,28 @@ class Ingress:
             return error_response(e.status, e.code, str(e), e.field)
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "too_large", f"body over {self.gw.config.server.max_body} bytes")
+        duplicate, results = await self.accept(adapter, events)
+        return adapter.ack(raw, results, duplicate)
+
+    async def submit(self, adapter: Adapter, raw: Any) -> bool:
+        """For transports that are not HTTP requests (DingTalk stream): parse, claim, process.
+        Returns True once the input is durably claimed (or was already), i.e. when it may be acked."""
+        await self.accept(adapter, adapter.parse(raw))
+        return True
+
+    async def accept(self, adapter: Adapter, events: list[Event]) -> tuple[bool, list[Any]]:
+        """Claim, then process: inline when the caller waits for the outcome, else after the ack."""
         if not events:
-            return adapter.ack(raw, [], False)
+            return False, []
         key = claim_key(events)
         claim_id = await self.claim(adapter, key, events)
         if claim_id is None:
             self.duplicates += 1
-            return adapter.ack(raw, [], True)
+            return True, []
         if any(e.reply_required for e in events):
-            results = await self.process(claim_id, key, events)
-            return adapter.ack(raw, results or [], False)
+            return False, (await self.process(claim_id, key, events)) or []
         self.spawn(self.process(claim_id, key, events))
-        return adapter.ack(raw, [], False)
+        return False, []
 
     async def claim(self, adapter: Adapter, key: str, events: list[Event]) -> int | None:
         now = self.gw.clock.now()

@@ -67,10 +67,12 @@ async def record_inbound(ctx: Ctx, nxt: Next) -> Any:
 
 async def unknown_clerk(ctx: Ctx, nxt: Next) -> Any:
     """A work-IM user who is not a registered clerk gets told so instead of silence."""
-    if ctx.event.side == "clerk" and ctx.clerk is None and ctx.event.type == "message":
+    if ctx.event.type != "message":
+        return await nxt()
+    if ctx.event.side == "clerk" and ctx.clerk is None:
         await ctx.reply("您还不是本品牌的导购账号，请联系门店管理员开通。 You are not registered as a clerk yet.")
         return None
-    if ctx.event.side == "clerk" and ctx.clerk is not None and ctx.clerk.status != "active":
+    if ctx.event.side == "clerk" and ctx.clerk.status != "active":
         await ctx.reply("您的导购账号已停用。 Your clerk account is no longer active.")
         return None
     return await nxt()

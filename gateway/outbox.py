@@ -148,7 +148,7 @@ class OutboxWorker:
                 claimed_by=self.worker_id,
             )
             .returning(Outbox.id, Outbox.idem_key, Outbox.account, Outbox.target, Outbox.message,
-                       Outbox.attempts, Outbox.message_id, Outbox.created_at)
+                       Outbox.attempts, Outbox.message_id, Outbox.created_at, Outbox.kind)
             .execution_options(synchronize_session=False)
         )  # fmt: skip
         async with self.gw.db() as s:
@@ -163,7 +163,7 @@ class OutboxWorker:
         message.ref = {"id": row.message_id, "created_at": row.created_at.isoformat()}
         await self.limiter(row.account).acquire()
         try:
-            receipt = await adapter.send(Target.from_dict(row.target), message, idem_key=row.idem_key)
+            receipt = await adapter.send(Target.from_dict(row.target), message, idem_key=row.idem_key, kind=row.kind)
         except Retryable as e:
             return await self._retry(row, str(e), e.retry_after)
         except Permanent as e:

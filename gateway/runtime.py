@@ -56,6 +56,10 @@ class Gateway:
         self.started = False
 
     @property
+    def base_url(self) -> str:
+        return self.config.server.base_url()
+
+    @property
     def max_body(self) -> int:
         return self.config.server.max_body
 
@@ -84,6 +88,9 @@ class Gateway:
 
     async def ingest(self, adapter: Adapter, request):
         return await self.ingress.handle(adapter, request)
+
+    async def submit(self, adapter: Adapter, raw) -> bool:
+        return await self.ingress.submit(adapter, raw)
 
     def hub(self) -> Hub:
         return self._hub

@@ -30,7 +30,7 @@ class Recorder:
         self.sent: list[str] = []
         self.fail = list(fail or [])
 
-    async def __call__(self, target, message, *, idem_key):
+    async def __call__(self, target, message, *, idem_key, kind="reply"):
         if self.fail:
             raise self.fail.pop(0)
         self.sent.append(idem_key)
@@ -216,7 +216,7 @@ async def test_stop_drains_in_flight_sends(gw):
     started, release = asyncio.Event(), asyncio.Event()
     sent = []
 
-    async def slow(target, message, *, idem_key):
+    async def slow(target, message, *, idem_key, kind="reply"):
         started.set()
         await release.wait()
         sent.append(idem_key)

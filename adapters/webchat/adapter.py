@@ -130,7 +130,7 @@ class WebchatAdapter(Adapter):
                                      status=status)
         return web.json_response(result)
 
-    async def send(self, target, message, *, idem_key: str):
+    async def send(self, target, message, *, idem_key: str, kind: str = "reply"):
         return api.push(self.host.hub(), self.account, target.identity.external_id, message)
 
     # -- reads and pages -------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class WorkbenchAdapter(Adapter):
             {"client_msg_id": raw.body.get("client_msg_id"), "duplicate": duplicate, "status": "accepted"}, status=202
         )
 
-    async def send(self, target, message, *, idem_key: str):
+    async def send(self, target, message, *, idem_key: str, kind: str = "reply"):
         return api.push(self.host.hub(), self.account, target.identity.external_id, message)
 
     async def _clerk(self, request: web.Request) -> int:

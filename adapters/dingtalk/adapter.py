@@ -1,0 +1,139 @@
+"""DingTalk adapter: clerks chat with the brand's robot 1:1; briefs go out as work notifications."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+
+from aiohttp import web
+
+from adapters.dingtalk import codec, crypto, events
+from adapters.dingtalk.api import DingTalkApi
+from adapters.dingtalk.config import DingTalkConfig
+from adapters.dingtalk.stream import StreamClient
+from adapters.webim import read_json
+from gateway.adapter import (
+    Adapter,
+    BadRequest,
+    Capabilities,
+    Permanent,
+    Receipt,
+    Retryable,
+    RouteDef,
+    Unauthorized,
+    register,
+)
+from gateway.ingress import error_response
+
+
+@register
+class DingTalkAdapter(Adapter):
+    platform = "dingtalk"
+    side = "clerk"
+    caps = Capabilities(segments=codec.SEGMENTS, rate_per_sec=20, burst=20, max_text_bytes=2048)
+    config_class = DingTalkConfig
+    config: DingTalkConfig
+
+    def __init__(self, config, host):
+        super().__init__(config, host)
+        self.api = DingTalkApi(config, host.clock)
+        self.events = (crypto.EventCrypto(config.event_token, config.event_aes_key, config.corp_id)
+                       if config.event_token else None)
+        self.stream = StreamClient(self) if config.mode == "stream" else None
+        # Work notifications fail silently past these limits, so they are counted here:
+        # (user, day) -> sent count, and (user, day, content hash) already sent.
+        self._notices: dict[tuple[str, str], int] = defaultdict(int)
+        self._notice_hashes: set[tuple[str, str, str]] = set()
+
+    @property
+    def media_prefix(self) -> str:
+        return f"{self.host.base_url}/media/{self.account}"
+
+    def routes(self) -> list[RouteDef]:
+        return [RouteDef("GET", f"/media/{self.account}/{{code}}", self._media)]
+
+    async def start(self) -> None:
+        await self.api.start()
+        if self.stream:
+            self.stream.start()
+
+    async def stop(self) -> None:
+        if self.stream:
+            await self.stream.stop()
+        await self.api.close()
+
+    # -- inbound --------------------------------------------------------------------------------
+
+    async def verify(self, request: web.Request) -> events.DingTalkRaw:
+        if request.method != "POST":
+            raise BadRequest("DingTalk callbacks are POSTs", status=405, code="method_not_allowed")
+        q = request.query
+        if "signature" in q or "msg_signature" in q:  # event subscription: an encrypted envelope
+            if self.events is None:
+                raise Unauthorized("event subscription is not configured for this account")
+            body = await read_json(request, self.host.max_body)
+            if not isinstance(body.get("encrypt"), str):
+                raise BadRequest("encrypt is missing", field="encrypt")
+            plain = self.events.decrypt(q.get("signature") or q.get("msg_signature"), q.get("timestamp", ""),
+                                        q.get("nonce", ""), body["encrypt"])
+            try:
+                data = json.loads(plain)
+            except ValueError:
+                raise BadRequest("event plaintext is not JSON") from None
+            return events.DingTalkRaw(self.account, "event", data if isinstance(data, dict) else {}, self.host.clock.now())
+        crypto.check_robot_sign(self.config.app_secret, request.headers.get("timestamp", ""),
+                                request.headers.get("sign", ""), int(self.host.clock.now().timestamp() * 1000),
+                                self.config.timestamp_window)
+        body = await read_json(request, self.host.max_body)
+        return events.DingTalkRaw(self.account, "robot", body, self.host.clock.now(), self.media_prefix)
+
+    def parse(self, raw: events.DingTalkRaw):
+        return events.parse(raw)
+
+    def ack(self, raw: events.DingTalkRaw, results, duplicate: bool) -> web.Response:
+        if raw.kind == "event":  # DingTalk wants the encrypted word "success" back
+            return web.json_response(self.events.encrypt("success"))
+        return web.Response(status=200)
+
+    # -- outbound -------------------------------------------------------------------------------
+
+    async def send(self, target, message, *, idem_key: str, kind: str = "reply") -> Receipt:
+        user = target.identity.external_id
+        if kind == "brief":
+            return await self._work_notice(user, message)
+        msg_key, msg_param = codec.robot_message(message)
+        result = await self.api.batch_send([user], msg_key, msg_param)
+        if user in (result.get("invalidStaffIdList") or []):
+            raise Permanent(f"DingTalk refused user {user} (not in the org or not visible to the robot)",
+                            code="invalidStaffId")
+        if user in (result.get("flowControlledStaffIdList") or []):
+            raise Retryable(f"DingTalk flow-controlled user {user}", retry_after=60)
+        return Receipt(platform_msg_id=result.get("processQueryKey"))
+
+    async def _work_notice(self, user: str, message) -> Receipt:
+        msg = codec.work_notice(message)
+        body = json.dumps(msg, ensure_ascii=False, sort_keys=True)
+        if len(body.encode()) > 2048:
+            raise Permanent("work notification over 2048 bytes", code="too_long")
+        day = self.host.clock.now().astimezone(self.host.tz).date().isoformat()
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        if (user, day, digest) in self._notice_hashes:
+            raise Permanent("same content already sent to this user today (DingTalk would drop it silently)",
+                            code="same_content_today", hold=True)
+        if self._notices[(user, day)] >= self.config.notice_daily_limit:
+            raise Permanent(f"{self.config.notice_daily_limit} work notifications to this user today",
+                            code="daily_limit", hold=True)
+        task_id = await self.api.send_work_notice([user], msg)
+        self._notices[(user, day)] += 1
+        self._notice_hashes.add((user, day, digest))
+        return Receipt(platform_msg_id=task_id)
+
+    async def _media(self, request: web.Request) -> web.StreamResponse:
+        """A picture or file a clerk sent, resolved to DingTalk's short-lived download URL."""
+        code = request.match_info["code"]
+        try:
+            url = await self.api.download_url(code)
+        except (Retryable, Permanent) as e:
+            return error_response(502, "upstream", str(e))
+        raise web.HTTPFound(url)

@@ -1,0 +1,90 @@
+"""Pure parsing of DingTalk robot messages and org events into Events (what the vectors exercise)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.adapter import BadRequest
+from gateway.model import Event, Identity, Message, Segment
+
+PLATFORM = "dingtalk"
+ROBOT_TOPIC = "/v1.0/im/bot/messages/get"
+
+
+@dataclass
+class DingTalkRaw:
+    account: str
+    kind: str  # robot | event
+    body: dict[str, Any]
+    received_at: datetime
+    media_prefix: str = ""  # public URL prefix that resolves a downloadCode (the adapter's media route)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _media(raw: DingTalkRaw, code: str) -> str:
+    return f"{raw.media_prefix}/{code}"
+
+
+def _segments(raw: DingTalkRaw) -> list[Segment]:
+    b = raw.body
+    kind = b.get("msgtype")
+    content = b.get("content") if isinstance(b.get("content"), dict) else {}
+    if kind == "text":
+        text = (b.get("text") or {}).get("content", "")
+        return [Segment.text(text.strip())] if isinstance(text, str) and text.strip() else []
+    if kind == "richText":
+        out = []
+        for part in content.get("richText") or []:
+            if not isinstance(part, dict):
+                continue
+            if part.get("text"):
+                out.append(Segment.text(str(part["text"])))
+            elif part.get("type") == "picture" and part.get("downloadCode"):
+                out.append(Segment("image", {"url": _media(raw, part["downloadCode"]), "download_code": part["downloadCode"]}))
+        return out
+    if kind == "picture" and content.get("downloadCode"):
+        return [Segment("image", {"url": _media(raw, content["downloadCode"]), "download_code": content["downloadCode"]})]
+    if kind == "file" and content.get("downloadCode"):
+        return [Segment("file", {"name": str(content.get("fileName", "file")), "url": _media(raw, content["downloadCode"]),
+                                 "download_code": content["downloadCode"]})]
+    if kind == "audio" and content.get("recognition"):
+        return [Segment.text(str(content["recognition"]))]  # DingTalk transcribes voice messages
+    return []
+
+
+def parse_robot(raw: DingTalkRaw) -> list[Event]:
+    b = raw.body
+    msg_id, staff = b.get("msgId"), b.get("senderStaffId")
+    if not isinstance(msg_id, str) or not msg_id:
+        raise BadRequest("msgId is missing", field="msgId")
+    if str(b.get("conversationType", "1")) != "1":
+        return []  # group chats are not an advisor's conversation
+    if not isinstance(staff, str) or not staff:
+        raise BadRequest("senderStaffId is missing", field="senderStaffId")
+    segments = _segments(raw)
+    if not segments:
+        return []  # a kind we do not relay (e.g. an empty text): acknowledged, nothing to do
+    created = b.get("createAt")
+    at = datetime.fromtimestamp(created / 1000, UTC) if isinstance(created, int | float) else raw.received_at
+    return [Event("message", "clerk", Identity(PLATFORM, raw.account, staff), f"msg:{msg_id}", at,
+                  message=Message(segments), payload={"platform_msg_id": msg_id},
+                  profile={"name": b.get("senderNick")} if b.get("senderNick") else {})]
+
+
+def parse_event(raw: DingTalkRaw) -> list[Event]:
+    """Org events from the event subscription (HTTP envelope or stream EVENT frames)."""
+    b = raw.body
+    kind = b.get("EventType") or b.get("eventType")
+    if kind == "user_leave_org":
+        users = b.get("UserId") or b.get("userId") or []
+        stamp = str(b.get("TimeStamp") or b.get("timeStamp") or "")
+        users = [users] if isinstance(users, str) else users
+        return [Event("clerk_left", "clerk", Identity(PLATFORM, raw.account, str(u)), f"evt:user_leave_org:{u}:{stamp}",
+                      raw.received_at, payload={"reason": "left_org"}) for u in users if u]
+    return []  # check_url and events we do not use: acknowledged
+
+
+def parse(raw: DingTalkRaw) -> list[Event]:
+    return parse_robot(raw) if raw.kind == "robot" else parse_event(raw)

@@ -1,0 +1,91 @@
+"""Stream mode: a WebSocket to DingTalk instead of a public callback URL.
+
+Speaks the dingtalk-stream protocol and reuses its frame classes, but opens the connection with
+aiohttp: the SDK's `open_connection` uses blocking `requests`. Each message is acked only once it
+is durably claimed; a failure to claim leaves it un-acked so DingTalk delivers it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from urllib.parse import quote
+
+import aiohttp
+from dingtalk_stream.chatbot import ChatbotMessage
+from dingtalk_stream.frames import AckMessage, Headers
+
+from adapters.dingtalk.events import DingTalkRaw
+from gateway.adapter import BadRequest
+
+log = logging.getLogger("gateway.dingtalk.stream")
+
+SUBSCRIPTIONS = [{"type": "CALLBACK", "topic": ChatbotMessage.TOPIC}, {"type": "EVENT", "topic": "*"}]
+
+
+def ack(message_id: str, code: int = AckMessage.STATUS_OK, message: str = "OK", data=None) -> dict:
+    a = AckMessage()
+    a.code, a.message = code, message
+    a.headers.message_id, a.headers.content_type = message_id, Headers.CONTENT_TYPE_APPLICATION_JSON
+    a.data = data if data is not None else {"response": None}
+    return a.to_dict()
+
+
+class StreamClient:
+    def __init__(self, adapter, *, max_backoff: float = 60.0):
+        self.adapter = adapter
+        self.max_backoff = max_backoff
+        self.connected = False
+        self.connections = 0  # successful connects, for tests and readiness
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"dingtalk-stream-{self.adapter.account}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.connected = False
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                conn = await self.adapter.api.open_stream(SUBSCRIPTIONS)
+                url = f"{conn['endpoint']}?ticket={quote(conn['ticket'])}"
+                async with self.adapter.api.http.ws_connect(url, heartbeat=30) as ws:
+                    self.connected, backoff = True, 1.0
+                    self.connections += 1
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.TEXT and await self.handle(ws, json.loads(msg.data)) == "disconnect":
+                            break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure means: reconnect, with backoff
+                log.warning("stream connection failed: %s: %s", type(e).__name__, e)
+            self.connected = False
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+            backoff = min(self.max_backoff, backoff * 2)
+
+    async def handle(self, ws, frame: dict) -> str | None:
+        kind = frame.get("type")
+        headers = frame.get("headers") or {}
+        topic, message_id = headers.get("topic"), headers.get("messageId", "")
+        if kind == "SYSTEM":
+            if topic == "disconnect":
+                return "disconnect"
+            await ws.send_json(ack(message_id, data=frame.get("data")))  # ping: echo its data
+            return None
+        try:
+            body = json.loads(frame.get("data") or "{}")
+            raw = DingTalkRaw(self.adapter.account, "robot" if kind == "CALLBACK" else "event", body,
+                              self.adapter.host.clock.now(), self.adapter.media_prefix)
+            await self.adapter.host.submit(self.adapter, raw)
+        except (BadRequest, ValueError) as e:  # malformed: ack it, or it comes back forever
+            await ws.send_json(ack(message_id, AckMessage.STATUS_BAD_REQUEST, str(e)))
+            return None
+        await ws.send_json(ack(message_id))
+        return None
