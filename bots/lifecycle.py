@@ -27,7 +27,7 @@ async def clerk_left(ctx: Ctx):
         )
     ).all()
     for customer in rows:
-        if await advisors.enqueue_unassigned(ctx.session, customer, "advisor_left", ctx.now()):
+        if (await advisors.enqueue_unassigned(ctx.session, customer, "advisor_left", ctx.now()))[1]:
             await ctx.log("handover", customer_id=customer.id, clerk_id=clerk.id, store_id=clerk.store_id,
                           payload={"status": "queued", "reason": ctx.event.payload.get("reason", "left"),
                                    "source": ctx.event.sender.platform})

@@ -50,8 +50,12 @@ async def customer_to_clerk(ctx: Ctx):
 
 @router.on("message", side="customer")
 async def customer_unbound(ctx: Ctx):
-    if await advisors.enqueue_unassigned(ctx.session, ctx.customer, "no_advisor", ctx.now()):
+    """No advisor (never bound, or theirs left): one polite reply per wait, and the store queue."""
+    entry, new = await advisors.enqueue_unassigned(ctx.session, ctx.customer, "no_advisor", ctx.now())
+    if new:
         await ctx.log("queued_unassigned", customer_id=ctx.customer.id, store_id=ctx.customer.store_id)
+    if entry.notified_at is None:
+        entry.notified_at = ctx.now()
         await ctx.reply(UNBOUND_REPLY)
     return None
 

@@ -207,22 +207,20 @@ async def bind(session, customer: Customer, invite_code: str, *, policy: str, no
     return BindOutcome("bound", clerk=clerk, binding=new, previous=previous)
 
 
-async def enqueue_unassigned(session, customer: Customer, reason: str, now: datetime) -> bool:
-    """Put the customer in their store's unassigned queue; False if already waiting there."""
-    exists = (
-        await session.exec(
-            select(QueueEntry.id).where(QueueEntry.customer_id == customer.id, QueueEntry.resolved_at.is_(None))
-        )
-    ).first()
-    if exists is not None:
-        return False
+async def enqueue_unassigned(session, customer: Customer, reason: str, now: datetime) -> tuple[QueueEntry, bool]:
+    """Put the customer in their store's unassigned queue. Returns (entry, newly queued)."""
+    q = select(QueueEntry).where(QueueEntry.customer_id == customer.id, QueueEntry.resolved_at.is_(None))
+    entry = (await session.exec(q)).first()
+    if entry is not None:
+        return entry, False
     try:
         async with session.begin_nested():
-            session.add(QueueEntry(customer_id=customer.id, store_id=customer.store_id, reason=reason, created_at=now))
+            entry = QueueEntry(customer_id=customer.id, store_id=customer.store_id, reason=reason, created_at=now)
+            session.add(entry)
             await session.flush()
-    except IntegrityError:
-        return False
-    return True
+    except IntegrityError:  # queued by a concurrent event
+        return (await session.exec(q)).one(), False
+    return entry, True
 
 
 async def clerk_customers(session, clerk_id: int, limit: int = 500) -> list[tuple[Customer, int | None, datetime | None]]:

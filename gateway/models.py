@@ -253,4 +253,5 @@ class QueueEntry(SQLModel, table=True):
     store_id: int | None = Field(default=None, foreign_key="store.id", index=True)
     reason: str = Field(max_length=64)
     created_at: datetime = _ts()
+    notified_at: datetime | None = _ts(nullable=True)  # when the customer got the "advisor coming" reply
     resolved_at: datetime | None = _ts(nullable=True)

@@ -117,3 +117,24 @@ async def test_money_is_exact(engine):
         total = (await conn.execute(sa.select(sa.func.sum(t.c.amount)))).scalar_one()
         assert total == sum(values)  # aggregates keep the exact type too
         await conn.run_sync(t.drop)
+
+
+async def test_migrations_go_down_and_up_again(db_url):
+    import asyncio
+
+    from alembic import command
+
+    from gateway.db import _alembic_config, upgrade
+
+    cfg = _alembic_config(db_url)
+    await asyncio.get_running_loop().run_in_executor(None, command.downgrade, cfg, "base")
+    await upgrade(db_url)
+    e = make_engine(db_url)
+    try:
+        async with e.connect() as conn:
+            def diff(c):
+                return compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), metadata)
+
+            assert await conn.run_sync(diff) == []
+    finally:
+        await e.dispose()
