@@ -10,6 +10,7 @@ become dead letters (or held, with the platform's reason) visible through the ad
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -43,6 +44,7 @@ class OutboxWorker:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._limiters: dict[str, TokenBucket] = {}
+        self._peer_locks: dict[tuple[str, str], list] = {}  # (account, peer) -> [lock, users]
         self.sent = 0  # counters for tests, metrics and benchmarks
         self.failed = 0
 
@@ -161,9 +163,11 @@ class OutboxWorker:
         adapter = self.gw.adapters[row.account]
         message = Message.from_dict(row.message)
         message.ref = {"id": row.message_id, "created_at": row.created_at.isoformat()}
+        target = Target.from_dict(row.target)
         await self.limiter(row.account).acquire()
         try:
-            receipt = await adapter.send(Target.from_dict(row.target), message, idem_key=row.idem_key, kind=row.kind)
+            async with self._peer_lock(row.account, target.identity.external_id):
+                receipt = await adapter.send(target, message, idem_key=row.idem_key, kind=row.kind)
         except Retryable as e:
             return await self._retry(row, str(e), e.retry_after)
         except Permanent as e:
@@ -176,6 +180,21 @@ class OutboxWorker:
         return await self._finish(
             row, "sent", platform_msg_id=receipt.platform_msg_id, delivered=receipt.delivered
         )
+
+    @contextlib.asynccontextmanager
+    async def _peer_lock(self, account: str, peer: str):
+        """One send at a time per peer, in claim (id) order: a clerk sees relays in the order they
+        were made, so the "current customer" is the one shown last."""
+        key = (account, peer)
+        entry = self._peer_locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1  # users of this lock, waiting or holding: drop it when the last one leaves
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._peer_locks[key]
 
     async def _retry(self, row, error: str, retry_after: float | None) -> str:
         if row.attempts >= self.cfg.max_attempts:

@@ -62,7 +62,9 @@ class Ctx:
 
     async def reply(self, text: str, *, suffix: str = "reply") -> int | None:
         kind = "notice" if self.event.side == "clerk" else "reply"
-        sender = None if self.event.side == "clerk" else (self.clerk.display_name if self.clerk else None)
+        # Customers hear their advisor's name only while that advisor is active; else the brand's voice.
+        active = self.clerk is not None and self.clerk.status == "active"
+        sender = self.clerk.display_name if self.event.side == "customer" and active else None
         return await self.send(self.reply_target(), Message.of_text(text, sender), suffix=suffix, kind=kind)
 
     async def log(self, type_: str, **fields: Any) -> None:

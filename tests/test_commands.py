@@ -22,7 +22,7 @@ async def test_help_customers_and_unknown(client, world):
         c = await brand.login(user, name)
         await c.bind(world.invite)
         await c.say(f"我是{name}")
-    await clerk.wait_for(lambda m: "我是乙" in m["text"])
+        await clerk.wait_for(lambda m, name=name: f"我是{name}" in m["text"])  # 乙 is relayed last
     await clerk.say("/customers")
     listing = await clerk.wait_for(lambda m: m["text"].startswith("我的顾客"))
     lines = listing["text"].splitlines()[1:]

@@ -124,9 +124,15 @@ class DingTalkAdapter(Adapter):
         if self._notices[(user, day)] >= self.config.notice_daily_limit:
             raise Permanent(f"{self.config.notice_daily_limit} work notifications to this user today",
                             code="daily_limit", hold=True)
-        task_id = await self.api.send_work_notice([user], msg)
+        # Reserve before the call: concurrent sends of the same brief must not both pass the check.
         self._notices[(user, day)] += 1
         self._notice_hashes.add((user, day, digest))
+        try:
+            task_id = await self.api.send_work_notice([user], msg)
+        except BaseException:
+            self._notices[(user, day)] -= 1
+            self._notice_hashes.discard((user, day, digest))
+            raise
         return Receipt(platform_msg_id=task_id)
 
     async def _media(self, request: web.Request) -> web.StreamResponse:

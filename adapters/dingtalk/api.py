@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +19,7 @@ import aiohttp
 from adapters.dingtalk.config import DingTalkConfig
 from gateway.adapter import Permanent, Retryable
 
+_WAIT = re.compile(r'"wait"\s*:\s*(\d+)')
 THROTTLE_ERRCODES = {90002, 90018, 90019, 90020, -1}  # -1: "system busy"
 TOKEN_ERRCODES = {40001, 40014, 42001, 88}
 
@@ -84,8 +86,10 @@ class DingTalkApi:
         try:
             async with self._http.request(method, url, **kw) as resp:
                 body = await resp.read()
-                if "html" in resp.content_type:
-                    raise Retryable(f"throttled: HTML page with HTTP {resp.status}", retry_after=60)
+                if "html" in resp.content_type:  # the per-IP throttle page says how long to wait
+                    m = _WAIT.search(body.decode("utf-8", "replace"))
+                    raise Retryable(f"throttled: HTML page with HTTP {resp.status}",
+                                    retry_after=float(m.group(1)) if m else 60.0)
                 if resp.status == 429:
                     raise Retryable("throttled: HTTP 429", retry_after=_retry_after(resp))
                 if resp.status >= 500:
@@ -177,6 +181,7 @@ class DingTalkApi:
         """Stream mode: ask for a WebSocket endpoint and ticket (what the SDK does with `requests`)."""
         status, data = await self._call(
             "POST", f"{self.cfg.api_base}/v1.0/gateway/connections/open",
+            headers={"Accept": "application/json"},  # without it the gateway answers in XML
             json={"clientId": self.cfg.app_key, "clientSecret": self.cfg.app_secret,
                   "subscriptions": subscriptions, "ua": "advisor-gateway", "localIp": "127.0.0.1"},
         )
