@@ -52,6 +52,7 @@ from gateway.config import build_config  # noqa: E402
 from gateway.db import session_factory, upgrade  # noqa: E402
 from gateway.models import Clerk, Outbox, Store  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
+from gateway.serve import SWITCH_INTERVAL  # noqa: E402
 from gateway.tokens import create_token  # noqa: E402
 
 AIM = 0.25
@@ -298,7 +299,7 @@ class RelayCounter:
 
 
 class Backlog:
-    """Samples how many acknowledged claims are waiting to be processed (the ingress's spawned tasks)."""
+    """Samples how many acknowledged claims are waiting to be processed (the ingress work queue)."""
 
     def __init__(self, gw: Gateway, every: float = 0.05):
         self.peak = 0
@@ -306,7 +307,7 @@ class Backlog:
 
     async def _sample(self, gw: Gateway, every: float) -> None:
         while True:
-            self.peak = max(self.peak, len(getattr(gw.ingress, "_tasks", ())))
+            self.peak = max(self.peak, gw.ingress._work.qsize())
             await asyncio.sleep(every)
 
     async def close(self) -> None:
@@ -473,6 +474,7 @@ def main(argv=None) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.ERROR)
     started = time.monotonic()
     try:
+        sys.setswitchinterval(SWITCH_INTERVAL)  # as `gateway serve` does
         result = asyncio.run(main_async(args))
     except BenchError as e:
         print(f"BENCH FAILED: {e}", file=sys.stderr)

@@ -33,7 +33,8 @@ def _bound(ctx: Ctx) -> bool:
 async def customer_to_clerk(ctx: Ctx):
     c, clerk = ctx.customer, ctx.clerk
     n = await advisors.handle_for(ctx.session, clerk.id, c.id)
-    clerk.current_customer_id = c.id
+    if clerk.current_customer_id != c.id:
+        clerk.current_customer_id = c.id
     target = await ctx.gw.clerk_target(ctx.session, clerk)
     if target is None:  # no reachable work IM: keep the customer visible to the manager
         await advisors.enqueue_unassigned(ctx.session, c, "advisor_unreachable", ctx.now())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +14,7 @@ from gateway.model import Identity, Target
 from gateway.models import Binding, Clerk, ClerkIdentity, Customer, Handle, Invite, QueueEntry
 from gateway.models import Identity as IdentityRow
 
+_SEEN_RESOLUTION = timedelta(minutes=1)
 _INVITE_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o/1/l/i: read aloud in a store
 
 
@@ -36,7 +37,8 @@ async def resolve_customer(session, ident: Identity, profile: dict, now: datetim
     name = (profile or {}).get("name")
     if row is not None:
         identity, customer = row
-        identity.last_seen_at = now
+        if identity.last_seen_at is None or now - identity.last_seen_at > _SEEN_RESOLUTION:
+            identity.last_seen_at = now  # minute resolution: not a write on every message
         if name and (identity.profile or {}).get("name") != name:
             identity.profile = {**(identity.profile or {}), **profile}
         if name and not customer.name and customer.erased_at is None:

@@ -65,7 +65,7 @@ class DatabaseConfig(_Section):
 
 
 class OutboxConfig(_Section):
-    concurrency: int = Field(8, ge=1, le=256)
+    concurrency: int = Field(32, ge=1, le=256)
     batch: int = Field(50, ge=1, le=1000)
     poll_interval: float = Field(0.5, gt=0)
     max_attempts: int = Field(8, ge=1)
@@ -77,6 +77,8 @@ class OutboxConfig(_Section):
 class IngressConfig(_Section):
     claim_retention_hours: int = Field(24, ge=1)
     replay_after_seconds: float = Field(30.0, gt=0)
+    workers: int | None = Field(None, ge=1, le=64)  # claim processors; None: 1 on SQLite, 4 on PostgreSQL
+    batch: int = Field(20, ge=1, le=1000)  # claims applied in one transaction (SQLite: it holds the write lock)
 
 
 class MaxPushes(_Section):

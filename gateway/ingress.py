@@ -19,6 +19,7 @@ from aiohttp import web
 from sqlalchemy import delete, select, update
 
 from gateway.adapter import Adapter, BadRequest, Unauthorized
+from gateway.batch import Batcher
 from gateway.model import Event
 from gateway.models import InboundClaim
 from gateway.router import Ctx
@@ -48,8 +49,13 @@ def claim_key(events: list[Event]) -> str:
 class Ingress:
     def __init__(self, gw: Gateway):
         self.gw = gw
-        self._tasks: set[asyncio.Task] = set()
         self._replayer: asyncio.Task | None = None
+        self._claims = Batcher(self._insert_claims, name="ingress-claims")
+        self._work: asyncio.Queue = asyncio.Queue()
+        self._workers: list[asyncio.Task] = []
+        cfg = gw.config.ingress
+        self.n_workers = cfg.workers or (1 if gw.config.database.is_sqlite else 4)  # SQLite has one writer
+        self.batch = cfg.batch
         self.processed = 0
         self.duplicates = 0
 
@@ -77,14 +83,83 @@ class Ingress:
         if not events:
             return False, []
         key = claim_key(events)
-        claim_id = await self.claim(adapter, key, events)
+        inline = any(e.reply_required for e in events)
+        claim_id = await (self.claim(adapter, key, events) if inline else self._claims.submit((adapter, key, events)))
         if claim_id is None:
             self.duplicates += 1
             return True, []
-        if any(e.reply_required for e in events):
+        if inline:
             return False, (await self.process(claim_id, key, events)) or []
-        self.spawn(self.process(claim_id, key, events))
+        self._enqueue(claim_id, key, events)
         return False, []
+
+    async def _insert_claims(self, batch: list[tuple[Adapter, str, list[Event]]]) -> list[int | None]:
+        """One INSERT for every claim that arrived meanwhile; None marks a duplicate."""
+        now = self.gw.clock.now()
+        lease = now + timedelta(seconds=self.gw.config.ingress.replay_after_seconds)
+        rows = [dict(platform=a.platform, account=a.account, dedupe_key=k, status="pending",
+                     events=[e.to_dict() for e in evs], received_at=now, lease_until=lease, attempts=0)
+                for a, k, evs in batch]
+        async with self.gw.db() as s:
+            res = await s.execute(
+                insert_ignore(s, InboundClaim, conflict=["platform", "account", "dedupe_key"]).values(rows)
+                .returning(InboundClaim.id, InboundClaim.platform, InboundClaim.account, InboundClaim.dedupe_key)
+            )
+            ids = {(p, a, k): i for i, p, a, k in res.all()}
+            await s.commit()
+        out = []
+        for a, k, _ in batch:  # the same key twice in one batch: the first wins, the rest are duplicates
+            out.append(ids.pop((a.platform, a.account, k), None))
+        return out
+
+    def _enqueue(self, claim_id: int, key: str, events: list[Event]) -> None:
+        self._work.put_nowait((claim_id, key, events))
+        if not self._workers:
+            self._workers = [asyncio.create_task(self._work_loop(), name=f"ingress-{i}") for i in range(self.n_workers)]
+
+    async def _work_loop(self) -> None:
+        """A bounded pool: acked claims are processed in batches, one transaction per batch."""
+        while True:
+            batch = [await self._work.get()]
+            while len(batch) < self.batch and not self._work.empty():
+                batch.append(self._work.get_nowait())
+            try:
+                await self.process_batch(batch)
+            except Exception:  # one bad event must not block the others: retry them one by one
+                log.warning("batch of %d claims failed; processing them one at a time", len(batch))
+                for item in batch:
+                    try:
+                        await self.process(*item)
+                    except Exception:  # noqa: BLE001 - recorded on the claim; replayed after backoff
+                        pass
+            finally:
+                for _ in batch:
+                    self._work.task_done()
+
+    async def process_batch(self, batch: list[tuple[int, str, list[Event]]]) -> None:
+        ctxs: list[Ctx] = []
+        async with self.gw.db() as s:
+            taken = set(
+                (await s.execute(
+                    update(InboundClaim)
+                    .where(InboundClaim.id.in_([c for c, _, _ in batch]), InboundClaim.status == "pending")
+                    .values(status="done", processed_at=self.gw.clock.now())
+                    .returning(InboundClaim.id)
+                )).scalars()
+            )
+            for claim_id, key, events in batch:
+                if claim_id not in taken:
+                    continue  # another instance (or a replay) got it first
+                for event in events:
+                    ctx = Ctx(event=event, gw=self.gw, session=s, claim_key=key)
+                    await self.gw.dispatcher.dispatch(ctx)
+                    ctxs.append(ctx)
+            await s.commit()
+        self.processed += len(taken)
+        self.gw.outbox.kick()
+        for ctx in ctxs:
+            for fn in ctx.after_commit:
+                fn()
 
     async def claim(self, adapter: Adapter, key: str, events: list[Event]) -> int | None:
         now = self.gw.clock.now()
@@ -105,18 +180,6 @@ class Ingress:
             claim_id = res.scalar()
             await s.commit()
         return claim_id
-
-    def spawn(self, coro) -> asyncio.Task:
-        async def guarded():
-            try:
-                await coro
-            except Exception:  # noqa: BLE001 - logged and recorded on the claim by process()
-                pass
-
-        task = asyncio.create_task(guarded())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     async def process(self, claim_id: int, key: str, events: list[Event]) -> list[Any] | None:
         """Apply a claim's events once. Returns the handlers' results, or None if already done."""
@@ -235,5 +298,13 @@ class Ingress:
         if self._replayer:
             self._replayer.cancel()
             await asyncio.gather(self._replayer, return_exceptions=True)
-        if self._tasks:  # drain: let in-flight processing finish; a claim cut off stays pending
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        await self._claims.close()
+        # Drain: let acked claims be processed; whatever is cut off stays pending and is replayed.
+        try:
+            await asyncio.wait_for(self._work.join(), grace)
+        except TimeoutError:
+            log.warning("%d acked claims left for replay at the next start", self._work.qsize())
+        for t in self._workers:
+            t.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []

@@ -17,9 +17,10 @@ import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 
 from gateway.adapter import Permanent, Retryable
+from gateway.batch import Batcher
 from gateway.model import Message, Target
 from gateway.models import ChatMessage, Customer, Outbox
 from gateway.ratelimit import TokenBucket
@@ -45,6 +46,7 @@ class OutboxWorker:
         self._task: asyncio.Task | None = None
         self._limiters: dict[str, TokenBucket] = {}
         self._peer_locks: dict[tuple[str, str], list] = {}  # (account, peer) -> [lock, users]
+        self._sent = Batcher(self._record_sent, name="outbox-sent")
         self.sent = 0  # counters for tests, metrics and benchmarks
         self.failed = 0
 
@@ -70,29 +72,7 @@ class OutboxWorker:
             customer = await session.get(Customer, target.customer_id)
             if customer is not None and customer.opted_out_at is not None:
                 status, code = "held", "opted_out"
-        res = await session.execute(
-            insert_ignore(session, Outbox, conflict=["idem_key"])
-            .values(
-                idem_key=idem_key,
-                platform=target.identity.platform,
-                account=target.identity.account,
-                target=target.to_dict(),
-                message=message.to_dict(),
-                kind=kind,
-                status=status,
-                error_code=code,
-                last_error="customer opted out" if code == "opted_out" else None,
-                next_attempt_at=now,
-                customer_id=target.customer_id,
-                clerk_id=target.clerk_id,
-                campaign_id=campaign_id,
-                created_at=now,
-            )
-            .returning(Outbox.id)
-        )
-        outbox_id = res.scalar()
-        if outbox_id is None:
-            return None
+        # The message row first, so the outbox row is written once, already pointing at it.
         msg_id = (
             await session.execute(
                 ChatMessage.__table__.insert()
@@ -113,7 +93,31 @@ class OutboxWorker:
                 .returning(ChatMessage.id)
             )
         ).scalar_one()
-        await session.execute(update(Outbox).where(Outbox.id == outbox_id).values(message_id=msg_id))
+        res = await session.execute(
+            insert_ignore(session, Outbox, conflict=["idem_key"])
+            .values(
+                idem_key=idem_key,
+                platform=target.identity.platform,
+                account=target.identity.account,
+                target=target.to_dict(),
+                message=message.to_dict(),
+                kind=kind,
+                status=status,
+                error_code=code,
+                last_error="customer opted out" if code == "opted_out" else None,
+                next_attempt_at=now,
+                customer_id=target.customer_id,
+                clerk_id=target.clerk_id,
+                campaign_id=campaign_id,
+                message_id=msg_id,
+                created_at=now,
+            )
+            .returning(Outbox.id)
+        )
+        outbox_id = res.scalar()
+        if outbox_id is None:  # the key exists: this message was enqueued before
+            await session.execute(delete(ChatMessage).where(ChatMessage.id == msg_id))
+            return None
         return outbox_id
 
     def kick(self) -> None:
@@ -177,9 +181,36 @@ class OutboxWorker:
         except Exception as e:  # an adapter bug or a network fault we did not classify: retry, loudly
             log.exception("outbox send %s failed unexpectedly", row.id)
             return await self._retry(row, f"{type(e).__name__}: {e}", None)
-        return await self._finish(
-            row, "sent", platform_msg_id=receipt.platform_msg_id, delivered=receipt.delivered
-        )
+        if not await self._sent.submit((row, receipt)):
+            return "lost_lease"  # another worker took the row over after our lease ran out
+        self.sent += 1
+        return "sent"
+
+    async def _record_sent(self, batch: list) -> list[bool]:
+        """Group commit of successful sends: two statements for the whole batch."""
+        now = self.gw.clock.now()
+        ob, msg = Outbox.__table__, ChatMessage.__table__
+        async with self.gw.db() as s:
+            done = set(
+                (await s.execute(
+                    update(ob)
+                    .where(ob.c.id.in_([r.id for r, _ in batch]), ob.c.claimed_by == self.worker_id,
+                           ob.c.status == "sending")
+                    .values(status="sent", lease_until=None, sent_at=now, last_error=None, error_code=None)
+                    .returning(ob.c.id)
+                )).scalars()
+            )
+            ids = [{"mid": r.message_id, "st": "delivered" if rc.delivered else "sent", "pid": rc.platform_msg_id}
+                   for r, rc in batch if r.id in done and r.message_id is not None]
+            if ids:
+                await s.execute(
+                    update(msg).where(msg.c.id == bindparam("mid"))
+                    .values(status=bindparam("st"), platform_msg_id=bindparam("pid"), sent_at=now), ids)
+            pids = [{"oid": r.id, "pid": rc.platform_msg_id} for r, rc in batch if r.id in done and rc.platform_msg_id]
+            if pids:
+                await s.execute(update(ob).where(ob.c.id == bindparam("oid")).values(platform_msg_id=bindparam("pid")), pids)
+            await s.commit()
+        return [r.id in done for r, _ in batch]
 
     @contextlib.asynccontextmanager
     async def _peer_lock(self, account: str, peer: str):
@@ -215,9 +246,9 @@ class OutboxWorker:
             await s.commit()
         return "pending"
 
-    async def _finish(self, row, status: str, *, error=None, code=None, platform_msg_id=None, delivered=False) -> str:
-        now = self.gw.clock.now()
-        msg_status = {"sent": "delivered" if delivered else "sent", "held": "held"}.get(status, "failed")
+    async def _finish(self, row, status: str, *, error=None, code=None) -> str:
+        """Record a failure (dead or held); successes go through the group commit instead."""
+        msg_status = "held" if status == "held" else "failed"
         async with self.gw.db() as s:
             await s.execute(
                 update(Outbox)
@@ -225,8 +256,6 @@ class OutboxWorker:
                 .values(
                     status=status,
                     lease_until=None,
-                    sent_at=now if status == "sent" else None,
-                    platform_msg_id=platform_msg_id,
                     last_error=error[:2000] if error else None,
                     error_code=code,
                 )
@@ -235,13 +264,10 @@ class OutboxWorker:
                 await s.execute(
                     update(ChatMessage)
                     .where(ChatMessage.id == row.message_id)
-                    .values(status=msg_status, platform_msg_id=platform_msg_id, sent_at=now if status == "sent" else None)
+                    .values(status=msg_status)
                 )
             await s.commit()
-        if status == "sent":
-            self.sent += 1
-        else:
-            self.failed += 1
+        self.failed += 1
         return status
 
     async def _run_one(self, row) -> None:
@@ -291,6 +317,7 @@ class OutboxWorker:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._sent.close()
         async with self.gw.db() as s:
             await s.execute(
                 update(Outbox)
