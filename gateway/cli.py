@@ -98,7 +98,7 @@ def cmd_demo(args) -> int:
 
     logging.getLogger().setLevel(logging.WARNING)  # the story is the output
 
-    return asyncio.run(demo())
+    return asyncio.run(demo(args.clerk_on))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("demo", help="scripted end-to-end story on the built-in simulators")
+    s.add_argument("--clerk-on", choices=["workbench", "dingtalk"], default="workbench",
+                   help="where the clerk works: the web workbench or (simulated) DingTalk")
     s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("db", help="database maintenance")

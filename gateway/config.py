@@ -255,7 +255,7 @@ def _validate_accounts(items: list[Any], problems: list) -> list:
         try:
             acc = cls.model_validate(item)
         except ValidationError as e:
-            problems.extend((f"{key}.{_loc(err['loc'])}", err["msg"]) for err in e.errors())
+            problems.extend((f"{key}.{_loc(err['loc'])}" if err["loc"] else key, err["msg"]) for err in e.errors())
             continue
         if acc.name in seen:
             problems.append((f"{key}.name", f"duplicate account name {acc.name!r}"))

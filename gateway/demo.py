@@ -1,8 +1,9 @@
 """`gateway demo`: the story end to end on a temporary SQLite and the built-in simulators.
 
 A store and a clerk are created through the admin API, a customer binds through an invite from the
-brand's app, they chat both ways, the customer opts out; then a summary table is printed. Any
-failed step makes the command exit non-zero.
+brand's app, they chat both ways, the customer opts out; then a summary table is printed. The
+clerk works in the web workbench, or with `--clerk-on dingtalk` in DingTalk (the DingTalk API
+simulator, with callbacks signed the real way). Any failed step makes the command exit non-zero.
 """
 
 from __future__ import annotations
@@ -44,7 +45,34 @@ async def _expect(resp: aiohttp.ClientResponse, status: int) -> dict:
         return body
 
 
-async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: str) -> dict:
+class DingTalkClerk:
+    """The clerk on (simulated) DingTalk: writes to the robot, reads what the robot sent them."""
+
+    def __init__(self, sim, http: aiohttp.ClientSession, server: str, user: str):
+        self.sim, self.http, self.server, self.user = sim, http, server, user
+        self._seen = 0
+
+    async def say(self, text: str) -> None:
+        headers, body = self.sim.robot_callback(self.user, text, nick="林小雨")
+        async with self.http.post(f"{self.server}/callbacks/dingtalk", data=body, headers=headers) as resp:
+            if resp.status != 200:
+                raise StepFailed(f"DingTalk callback refused: {resp.status} {await resp.text()}")
+
+    async def wait_for(self, predicate, timeout: float = 5.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            inbox = self.sim.robot_inbox.get(self.user, [])
+            for m in inbox[self._seen:]:
+                self._seen += 1
+                p = m["msgParam"]
+                item = {"text": p.get("content") or p.get("text") or p.get("photoURL") or "", "msg_key": m["msgKey"]}
+                if predicate(item):
+                    return item
+            await asyncio.sleep(0.05)
+        raise StepFailed("the clerk's DingTalk received nothing matching in time")
+
+
+async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: str, dingtalk=None) -> dict:
     async with gw.db() as s:
         _, admin = await create_token(s, "admin", name="demo")
         await s.commit()
@@ -52,16 +80,21 @@ async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: s
     api = f"{server}/api/v1"
 
     store = await _expect(await http.post(f"{api}/stores", json={"name": "静安嘉里店", "city": "上海"}, headers=h), 201)
+    work_ids = {"dingtalk": "clerk001"} if dingtalk else {}
     clerk = await _expect(await http.post(f"{api}/clerks", headers=h, json={
-        "name": "林小雨", "display_name": "小林", "store_id": store["id"]}), 201)
-    _step(1, f"store #{store['id']} {store['name']} and clerk #{clerk['id']} {clerk['display_name']} created")
-    token = (await _expect(await http.post(f"{api}/clerks/{clerk['id']}/token", headers=h), 201))["token"]
+        "name": "林小雨", "display_name": "小林", "store_id": store["id"], "work_ids": work_ids}), 201)
+    where = "DingTalk user clerk001" if dingtalk else "the web workbench"
+    _step(1, f"store #{store['id']} {store['name']} and clerk #{clerk['id']} {clerk['display_name']} ({where}) created")
+    if dingtalk:
+        wb = DingTalkClerk(dingtalk, http, server, "clerk001")
+    else:
+        token = (await _expect(await http.post(f"{api}/clerks/{clerk['id']}/token", headers=h), 201))["token"]
+        wb = ClerkClient(http, server, token)
     invite = await _expect(await http.post(f"{api}/invites", headers=h, json={"clerk_id": clerk["id"], "source": "counter"}), 201)
     _step(2, f"invite {invite['code']} → {invite['url']}")
 
     brand = BrandApp(http, server, "webchat", secret)
     customer = await brand.login("demo-customer-1", "王女士")
-    wb = ClerkClient(http, server, token)
     status, bound = await customer.bind(invite["code"])
     if status != 200:
         raise StepFailed(f"bind failed: {status} {bound}")
@@ -98,8 +131,27 @@ async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: s
         }
 
 
-async def main() -> int:
+async def _start(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
+async def main(clerk_on: str = "workbench") -> int:
     started = time.monotonic()
+    sim = sim_runner = None
+    accounts = [{"name": "workbench", "platform": "workbench"}]
+    if clerk_on == "dingtalk":
+        from adapters.dingtalk.simulator import DingTalkSimulator
+
+        sim = DingTalkSimulator(app_key="demo-app-key", app_secret=secrets.token_hex(16), robot_code="demo-robot",
+                                agent_id="1001")
+        sim_runner, sim_url = await _start(sim.app())
+        accounts = [{"name": "dingtalk", "platform": "dingtalk", "app_key": "demo-app-key",
+                     "app_secret": sim.app_secret, "robot_code": "demo-robot", "agent_id": "1001",
+                     "api_base": sim_url, "oapi_base": sim_url}]
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'demo.db'}"
         secret = secrets.token_hex(16)
@@ -107,27 +159,24 @@ async def main() -> int:
             "database": {"url": url},
             "server": {"first_run_seed": False},
             "outbox": {"poll_interval": 0.05},
-            "accounts": [{"name": "workbench", "platform": "workbench"},
-                         {"name": "webchat", "platform": "webchat", "secret": secret}],
+            "accounts": [*accounts, {"name": "webchat", "platform": "webchat", "secret": secret}],
         }, env={})
         await upgrade(url)
         gw = Gateway(cfg)
-        runner = web.AppRunner(create_app(gw))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        server = f"http://127.0.0.1:{port}"
+        runner, server = await _start(create_app(gw))
         cfg.server.public_url = server
-        print(f"Advisor Gateway demo — in-process gateway at {server}, temporary SQLite\n")
+        clerk_side = "DingTalk (simulated API)" if sim else "web workbench"
+        print(f"Advisor Gateway demo — in-process gateway at {server}, temporary SQLite, clerk on {clerk_side}\n")
         try:
             async with aiohttp.ClientSession() as http:
-                summary = await asyncio.wait_for(story(gw, server, http, secret), 60)
+                summary = await asyncio.wait_for(story(gw, server, http, secret, sim), 60)
         except (StepFailed, TimeoutError) as e:
             print(f"\nDEMO FAILED: {e or 'a step timed out'}", file=sys.stderr)
             return 1
         finally:
             await runner.cleanup()
+            if sim_runner:
+                await sim_runner.cleanup()
     print("\nSummary")
     width = max(len(k) for k in summary)
     print("  " + "-" * (width + 10))

@@ -111,3 +111,27 @@ def test_token_create_cli_stores_only_the_hash(tmp_path):
     assert len(rows) == 1 and rows[0][:2] == ("admin", "ops") and token not in rows[0][2]
     r = run_cli("token", "create", "--role", "store_manager", env=env)
     assert r.returncode == 2 and "--store" in r.stderr
+
+
+def test_dingtalk_account_keys():
+    base = {"name": "dingtalk", "platform": "dingtalk", "app_key": "k", "app_secret": "s", "robot_code": "r"}
+    acc = build_config({"accounts": [base]}, env={}).account("dingtalk")
+    assert (acc.mode, acc.api_base, acc.oapi_base) == ("http", "https://api.dingtalk.com", "https://oapi.dingtalk.com")
+    with pytest.raises(ConfigError) as e:
+        build_config({"accounts": [{**base, "event_token": "t"}]}, env={})
+    assert "event_aes_key go together" in dict(e.value.problems)["accounts[0]"]
+    with pytest.raises(ConfigError) as e:
+        build_config({"accounts": [{**base, "mode": "websocket"}]}, env={})
+    assert "accounts[0].mode" in dict(e.value.problems)
+
+
+def test_example_dingtalk_block_is_valid_when_uncommented():
+    import yaml
+
+    text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+    block = text[text.index("  # - name: dingtalk"):text.index("  # --- The WeCom")]
+    lines = [ln[4:] if ln.startswith("  # ") else "" for ln in block.splitlines()]
+    acc = yaml.safe_load("\n".join(lines))[0]
+    env = {"DINGTALK_APP_SECRET": "s", "DINGTALK_EVENT_TOKEN": "t", "DINGTALK_EVENT_AES_KEY": "a" * 43}
+    cfg = build_config({"accounts": [acc]}, env=env)
+    assert cfg.account("dingtalk").event_aes_key == "a" * 43

@@ -7,3 +7,9 @@ async def test_demo_story_passes(capsys):
     assert await main() == 0
     out = capsys.readouterr().out
     assert "All steps passed" in out and "【王女士 #1】" in out
+
+
+async def test_demo_story_with_the_clerk_on_dingtalk(capsys):
+    assert await main("dingtalk") == 0
+    out = capsys.readouterr().out
+    assert "clerk on DingTalk" in out and "DingTalk user clerk001" in out and "All steps passed" in out
