@@ -156,6 +156,26 @@ async def test_throttling_storm_is_ridden_out_with_nothing_lost(dt, sim, backend
     assert await count(gw, Outbox, Outbox.attempts > 1) >= 1  # the storm really hit
 
 
+async def test_errcode_90002_storm_on_work_notifications(dt, sim):
+    gw, client, brand, invite, clerk_id = dt
+    sim.fail_next(2, "errcode90002", "/topapi")
+    sim.fail_next(1, "errcode90018", "/topapi")
+    target = Target(Identity("dingtalk", "dt", STAFF), clerk_id=clerk_id)
+    async with gw.db() as s:
+        for i in range(3):
+            await gw.outbox.enqueue(s, target, Message.of_text(f"简报 {i}"), idem_key=f"b-{i}", kind="brief")
+        await s.commit()
+    gw.outbox.kick()
+    await wait_until(lambda: len(sim.work_notices.get(STAFF, [])) == 3, timeout=15)
+
+    async def settled():
+        return await count(gw, Outbox, Outbox.status != "sent") == 0
+
+    await wait_until(settled)
+    assert sorted(n["msg"]["markdown"]["text"] for n in sim.work_notices[STAFF]) == [f"简报 {i}" for i in range(3)]
+    assert sim.calls["/topapi/message/corpconversation/asyncsend_v2"] >= 6  # three throttled, then three sent
+
+
 async def test_permanent_error_keeps_the_platforms_message(dt, sim):
     gw, client, brand, invite, clerk_id = dt
     sim.known_users = {"someone-else"}

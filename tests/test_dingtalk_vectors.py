@@ -59,3 +59,15 @@ def test_event_envelope_round_trip_and_tampering():
     other = crypto.EventCrypto("123456", "4g5j64qlyl3zvetqxz5jiocdr586fn2zvjpa8zls3ij", "dingcorp-other")
     with pytest.raises(Unauthorized):  # the receiveId (corp id) must match
         other.decrypt(env["msg_signature"], env["timeStamp"], env["nonce"], env["encrypt"])
+
+
+def test_published_dingtalk_sdk_vector_decrypts():
+    """PLATFORM_RULES.md's vector (dingtalk-sdk tests/test_crypto.py) through our event crypto."""
+    c = crypto.EventCrypto("123456", "4g5j64qlyl3zvetqxz5jiocdr586fn2zvjpa8zls3ij", "suite4xxxxxxxxxxxxxxx")
+    encrypt = ("1a3NBxmCFwkCJvfoQ7WhJHB+iX3qHPsc9JbaDznE1i03peOk1LaOQoRz3+nlyGNhwmwJ3vDMG+OzrHMeiZI7gTRWVdUBm"
+               "fxjZ8Ej23JVYa9VrYeJ5as7XM/ZpulX8NEQis44w53h1qAgnC3PRzM7Zc/D6Ibr0rgUathB6zRHP8PYrfgnNOS9PhSBdH"
+               "legK+AGGanfwjXuQ9+0pZcy0w9lQ==")
+    plain = c.decrypt("5a65ceeef9aab2d149439f82dc191dd6c5cbe2c0", "1445827045067", "nEXhMP4r", encrypt)
+    assert json.loads(plain)["EventType"] == "check_create_suite_url"
+    with pytest.raises(Unauthorized):
+        c.decrypt("5a65ceeef9aab2d149439f82dc191dd6c5cbe2c0", "1445827045068", "nEXhMP4r", encrypt)
