@@ -136,8 +136,24 @@ class Ingress:
                 for _ in batch:
                     self._work.task_done()
 
-    async def process_batch(self, batch: list[tuple[int, str, list[Event]]]) -> None:
+    async def claim(self, adapter: Adapter, key: str, events: list[Event]) -> int | None:
+        """Claim one input now (bypassing the group commit); None if it was claimed before."""
+        return (await self._insert_claims([(adapter, key, events)]))[0]
+
+    async def process(self, claim_id: int, key: str, events: list[Event]) -> list[Any] | None:
+        """Apply one claim's events once. Returns the handlers' results, or None if already done."""
+        try:
+            return (await self.process_batch([(claim_id, key, events)])).get(claim_id)
+        except Exception as e:
+            log.exception("processing claim %s failed", claim_id)
+            await self._failed(claim_id, e)
+            raise
+
+    async def process_batch(self, batch: list[tuple[int, str, list[Event]]]) -> dict[int, list[Any]]:
+        """Mark the batch's pending claims done and apply their events, in one transaction, so
+        an event is applied exactly once even when instances race. Returns results per claim."""
         ctxs: list[Ctx] = []
+        results: dict[int, list[Any]] = {}
         async with self.gw.db() as s:
             taken = set(
                 (await s.execute(
@@ -150,60 +166,13 @@ class Ingress:
             for claim_id, key, events in batch:
                 if claim_id not in taken:
                     continue  # another instance (or a replay) got it first
+                results[claim_id] = []
                 for event in events:
                     ctx = Ctx(event=event, gw=self.gw, session=s, claim_key=key)
-                    await self.gw.dispatcher.dispatch(ctx)
+                    results[claim_id].append(await self.gw.dispatcher.dispatch(ctx))
                     ctxs.append(ctx)
             await s.commit()
-        self.processed += len(taken)
-        self.gw.outbox.kick()
-        for ctx in ctxs:
-            for fn in ctx.after_commit:
-                fn()
-
-    async def claim(self, adapter: Adapter, key: str, events: list[Event]) -> int | None:
-        now = self.gw.clock.now()
-        async with self.gw.db() as s:
-            res = await s.execute(
-                insert_ignore(s, InboundClaim, conflict=["platform", "account", "dedupe_key"])
-                .values(
-                    platform=adapter.platform,
-                    account=adapter.account,
-                    dedupe_key=key,
-                    status="pending",
-                    events=[e.to_dict() for e in events],
-                    received_at=now,
-                    lease_until=now + timedelta(seconds=self.gw.config.ingress.replay_after_seconds),
-                )
-                .returning(InboundClaim.id)
-            )
-            claim_id = res.scalar()
-            await s.commit()
-        return claim_id
-
-    async def process(self, claim_id: int, key: str, events: list[Event]) -> list[Any] | None:
-        """Apply a claim's events once. Returns the handlers' results, or None if already done."""
-        ctxs: list[Ctx] = []
-        try:
-            async with self.gw.db() as s:
-                taken = await s.execute(
-                    update(InboundClaim)
-                    .where(InboundClaim.id == claim_id, InboundClaim.status == "pending")
-                    .values(status="done", processed_at=self.gw.clock.now())
-                )
-                if taken.rowcount != 1:
-                    return None
-                results = []
-                for event in events:
-                    ctx = Ctx(event=event, gw=self.gw, session=s, claim_key=key)
-                    results.append(await self.gw.dispatcher.dispatch(ctx))
-                    ctxs.append(ctx)
-                await s.commit()
-        except Exception as e:
-            log.exception("processing claim %s failed", claim_id)
-            await self._failed(claim_id, e)
-            raise
-        self.processed += 1
+        self.processed += len(results)
         self.gw.outbox.kick()
         for ctx in ctxs:
             for fn in ctx.after_commit:
