@@ -15,7 +15,7 @@ from sqlmodel import select
 from gateway import advisors
 from gateway.model import Message, Segment
 from gateway.models import Binding, Customer
-from gateway.router import Ctx, Router
+from gateway.router import SKIP, Ctx, Router
 
 router = Router("relay")
 
@@ -32,13 +32,12 @@ def _bound(ctx: Ctx) -> bool:
 @router.on("message", _bound, side="customer")
 async def customer_to_clerk(ctx: Ctx):
     c, clerk = ctx.customer, ctx.clerk
+    target = await ctx.gw.clerk_target(ctx.session, clerk)
+    if target is None:  # the advisor has no reachable work IM: treat the customer as unassigned
+        return SKIP
     n = await advisors.handle_for(ctx.session, clerk.id, c.id)
     if clerk.current_customer_id != c.id:
         clerk.current_customer_id = c.id
-    target = await ctx.gw.clerk_target(ctx.session, clerk)
-    if target is None:  # no reachable work IM: keep the customer visible to the manager
-        await advisors.enqueue_unassigned(ctx.session, c, "advisor_unreachable", ctx.now())
-        return None
     prefix = f"【{advisors.customer_name(c, ctx.identity)} #{n}】"
     segs = list(ctx.event.message.segments)
     if segs and segs[0].type == "text":
@@ -52,12 +51,13 @@ async def customer_to_clerk(ctx: Ctx):
 @router.on("message", side="customer")
 async def customer_unbound(ctx: Ctx):
     """No advisor (never bound, or theirs left): one polite reply per wait, and the store queue."""
-    entry, new = await advisors.enqueue_unassigned(ctx.session, ctx.customer, "no_advisor", ctx.now())
+    reason = "advisor_unreachable" if ctx.binding is not None else "no_advisor"
+    entry, new = await advisors.enqueue_unassigned(ctx.session, ctx.customer, reason, ctx.now())
     if new:
         await ctx.log("queued_unassigned", customer_id=ctx.customer.id, store_id=ctx.customer.store_id)
     if entry.notified_at is None:
         entry.notified_at = ctx.now()
-        await ctx.reply(UNBOUND_REPLY)
+        await ctx.send(ctx.reply_target(), Message.of_text(UNBOUND_REPLY), suffix="reply")  # the brand's voice
     return None
 
 

@@ -72,11 +72,11 @@ class Ingress:
         duplicate, results = await self.accept(adapter, events)
         return adapter.ack(raw, results, duplicate)
 
-    async def submit(self, adapter: Adapter, raw: Any) -> bool:
+    async def submit(self, adapter: Adapter, raw: Any) -> None:
         """For transports that are not HTTP requests (DingTalk stream): parse, claim, process.
-        Returns True once the input is durably claimed (or was already), i.e. when it may be acked."""
+        Returns once the input is durably claimed (or was already), i.e. when it may be acked;
+        raises BadRequest for malformed input and anything else when it could not be stored."""
         await self.accept(adapter, adapter.parse(raw))
-        return True
 
     async def accept(self, adapter: Adapter, events: list[Event]) -> tuple[bool, list[Any]]:
         """Claim, then process: inline when the caller waits for the outcome, else after the ack."""

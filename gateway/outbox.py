@@ -168,9 +168,9 @@ class OutboxWorker:
         message = Message.from_dict(row.message)
         message.ref = {"id": row.message_id, "created_at": row.created_at.isoformat()}
         target = Target.from_dict(row.target)
-        await self.limiter(row.account).acquire()
         try:
             async with self._peer_lock(row.account, target.identity.external_id):
+                await self.limiter(row.account).acquire()  # spend the platform's cap on the send itself
                 receipt = await adapter.send(target, message, idem_key=row.idem_key, kind=row.kind)
         except Retryable as e:
             return await self._retry(row, str(e), e.retry_after)
@@ -187,7 +187,8 @@ class OutboxWorker:
         return "sent"
 
     async def _record_sent(self, batch: list) -> list[bool]:
-        """Group commit of successful sends: two statements for the whole batch."""
+        """Group commit of successful sends: one guarded UPDATE for the batch, then the message
+        rows and platform ids of the rows it took (executemany)."""
         now = self.gw.clock.now()
         ob, msg = Outbox.__table__, ChatMessage.__table__
         async with self.gw.db() as s:

@@ -89,8 +89,8 @@ class Gateway:
     async def ingest(self, adapter: Adapter, request):
         return await self.ingress.handle(adapter, request)
 
-    async def submit(self, adapter: Adapter, raw) -> bool:
-        return await self.ingress.submit(adapter, raw)
+    async def submit(self, adapter: Adapter, raw) -> None:
+        await self.ingress.submit(adapter, raw)
 
     def hub(self) -> Hub:
         return self._hub

@@ -70,7 +70,7 @@ async def test_another_clerk_cannot_reach_my_customer(client, world):
     await clerk2.wait_for(lambda m: "没有 #1" in m["text"])
 
 
-async def test_unknown_work_identity_is_told(client, gw, world):
+async def test_a_clerk_who_left_is_told(client, gw, world):
     from gateway.models import Clerk
 
     _, clerk = sims(client, world.clerk_token)

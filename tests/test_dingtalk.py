@@ -4,7 +4,6 @@ org events, work notifications and stream mode."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest
@@ -100,6 +99,14 @@ def sim_texts(sim, user=STAFF) -> list[str]:
         p = m["msgParam"]
         out.append(p.get("content") or p.get("text") or p.get("title") or "")
     return out
+
+
+async def test_unregistered_dingtalk_user_is_told_and_nothing_relayed(dt, sim):
+    gw, client, brand, invite, _ = dt
+    headers, body = sim.robot_callback("stranger01", "#1 hello")
+    assert (await post_callback(client, headers, body)).status == 200
+    await wait_until(lambda: any("还不是本品牌的导购" in t for t in sim_texts(sim, "stranger01")))
+    assert await count(gw, ChatMessage, ChatMessage.text == "hello") == 0
 
 
 async def test_commands_work_from_dingtalk(dt, sim):
@@ -281,4 +288,4 @@ async def test_stream_mode_relays_acks_and_reconnects(dt, sim):
     await wait_until(lambda: sim.stream_connections == 1, timeout=10)
     await sim.push_stream(STAFF, "#1 after reconnect")
     await c.wait_for(lambda m: m["text"] == "after reconnect")
-    assert json.loads(json.dumps(sim.stream_acks[mid]))["headers"]["messageId"] == mid
+    assert sim.stream_acks[mid]["headers"]["messageId"] == mid

@@ -152,3 +152,24 @@ async def test_history_cursor_never_skips_a_message_still_in_the_outbox(gw):
         await s.commit()
     page = await gw.history(ident, page["next"], 50)
     assert [i["id"] for i in page["items"]] == [rows[1].id, rows[2].id] and page["next"] == rows[2].id
+
+
+async def test_advisor_without_a_reachable_work_im_leaves_the_customer_answered(aiohttp_client, db_url):
+    """Bound to a clerk no configured channel can reach: the customer is told and queued, not ignored."""
+    from gateway.app import create_app
+    from bots.relay import UNBOUND_REPLY
+    from gateway.models import QueueEntry
+    from gateway.runtime import Gateway
+    from tests.conftest import make_config, make_world
+
+    gw = Gateway(make_config(db_url))
+    world = await make_world(gw)
+    client = await aiohttp_client(create_app(gw))
+    brand, _ = sims(client, world)
+    c = await brand.login("u-lost", "Lost")
+    await c.bind(world.invite)
+    del gw.clerk_accounts["workbench"]  # as if the workbench account were removed from the config
+    await c.say("有人吗")
+    reply = await c.wait_for(lambda m: m["text"] == UNBOUND_REPLY)
+    assert reply["sender"] is None  # the brand speaks: the advisor cannot
+    assert await count(gw, QueueEntry, QueueEntry.reason == "advisor_unreachable", QueueEntry.resolved_at.is_(None)) == 1
