@@ -156,8 +156,8 @@ async def test_history_cursor_never_skips_a_message_still_in_the_outbox(gw):
 
 async def test_advisor_without_a_reachable_work_im_leaves_the_customer_answered(aiohttp_client, db_url):
     """Bound to a clerk no configured channel can reach: the customer is told and queued, not ignored."""
-    from gateway.app import create_app
     from bots.relay import UNBOUND_REPLY
+    from gateway.app import create_app
     from gateway.models import QueueEntry
     from gateway.runtime import Gateway
     from tests.conftest import make_config, make_world
