@@ -21,12 +21,18 @@ CLIENT_SEGMENTS = frozenset({"text", "image", "file", "link", "location", "voice
 WEB_SEGMENTS = frozenset({"text", "image", "file", "link", "product", "coupon", "location", "voice"})
 
 
-async def read_json(request: web.Request, max_body: int) -> dict:
+async def read_body(request: web.Request, max_body: int) -> bytes:
+    """The body, refused with 413 past the configured limit (before reading it when it says so)."""
     if request.content_length is not None and request.content_length > max_body:
         raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=request.content_length)
     body = await request.read()  # aiohttp enforces client_max_size while reading
     if len(body) > max_body:
         raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=len(body))
+    return body
+
+
+async def read_json(request: web.Request, max_body: int) -> dict:
+    body = await read_body(request, max_body)
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError):

@@ -4,7 +4,7 @@ from gateway.router import Router
 
 
 def root_router() -> Router:
-    from bots import commands, lifecycle, opt_out, relay, welcome
+    from bots import commands, delivery, lifecycle, opt_out, relay, welcome
 
     # Order matters: the first matching handler wins (opt-out keywords before relaying).
-    return Router("root").include(welcome.router, lifecycle.router, opt_out.router, commands.router, relay.router)
+    return Router("root").include(welcome.router, lifecycle.router, delivery.router, opt_out.router, commands.router, relay.router)

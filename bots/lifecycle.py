@@ -1,14 +1,18 @@
-"""A clerk leaves (an org event from DingTalk, later WeCom): mark them left and make sure none of
-their customers is lost — each waits in the store's unassigned queue until the handover policy
-(successor / least loaded / manager) reassigns them. Bindings stay open until then: history is
-only ever closed by the handover itself."""
+"""Clerks leaving, contacts ending, platform transfers finishing: nobody is lost.
+
+A clerk who leaves (an org event from DingTalk or WeCom, or the admin API) has their customers
+handed over by the handover policy; those nobody can take wait in the store's queue. A binding
+ends when either side removes the other on the platform; a platform transfer moves the binding
+only once the platform reports it done.
+"""
 
 from __future__ import annotations
 
 from sqlmodel import select
 
-from gateway import advisors
-from gateway.models import Binding, Customer
+from gateway import advisors, handover
+from gateway.model import Identity
+from gateway.models import Invite
 from gateway.router import Ctx, Router
 
 router = Router("lifecycle")
@@ -20,15 +24,42 @@ async def clerk_left(ctx: Ctx):
     if clerk is None or clerk.status == "left":
         return None  # unknown user or already handled: nothing to do
     clerk.status, clerk.left_at = "left", ctx.now()
-    rows = (
-        await ctx.session.exec(
-            select(Customer).join(Binding, Binding.customer_id == Customer.id)
-            .where(Binding.clerk_id == clerk.id, Binding.valid_to.is_(None))
-        )
-    ).all()
-    for customer in rows:
-        if (await advisors.enqueue_unassigned(ctx.session, customer, "advisor_left", ctx.now()))[1]:
-            await ctx.log("handover", customer_id=customer.id, clerk_id=clerk.id, store_id=clerk.store_id,
-                          payload={"status": "queued", "reason": ctx.event.payload.get("reason", "left"),
-                                   "source": ctx.event.sender.platform})
+    reason = f"{ctx.event.payload.get('reason', 'left')} ({ctx.event.sender.platform})"
+    await handover.hand_over(ctx.session, ctx.gw, clerk, now=ctx.now(), resigned=True, reason=reason)
+    return None
+
+
+@router.on("unbind", side="customer")
+async def contact_removed(ctx: Ctx):
+    """The customer removed their advisor, or the advisor the customer (WeCom contact deleted)."""
+    ev, p = ctx.event, ctx.event.payload
+    if ctx.binding is None:
+        return None
+    member = await advisors.clerk_by_identity(ctx.session, Identity(ev.sender.platform, ev.sender.account, p["advisor"]))
+    if member is None or member.id != ctx.binding.clerk_id:
+        return None  # a contact with someone who is not their advisor: the binding is unaffected
+    await advisors.close_binding(ctx.session, ctx.binding, ctx.now(), p["reason"])
+    await ctx.log("unbound", customer_id=ctx.customer.id, clerk_id=member.id, store_id=ctx.binding.store_id,
+                  payload={"reason": p["reason"], "binding_id": ctx.binding.id, "channel": ev.sender.platform})
+    return None
+
+
+@router.on("transfer_result", side="customer")
+async def transfer_result(ctx: Ctx):
+    p = ctx.event.payload
+    await handover.transfer_finished(ctx.session, ctx.gw, ctx.customer, ctx.event.sender.account,
+                                     ctx.event.sender.external_id, status=p["status"], takeover=p.get("takeover"),
+                                     now=ctx.now())
+    return None
+
+
+@router.on("contact_way", side="clerk")
+async def contact_way(ctx: Ctx):
+    """Remember the platform QR made for an invite, so it is made once."""
+    p = ctx.event.payload
+    invite = (await ctx.session.exec(select(Invite).where(Invite.code == p["invite"]))).first()
+    if invite is not None and p.get("qr_code"):
+        refs = dict(invite.channel_refs or {})
+        refs[ctx.event.sender.account] = {"config_id": p.get("config_id"), "qr_code": p["qr_code"]}
+        invite.channel_refs = refs
     return None

@@ -92,14 +92,15 @@ async def clerk_to_customer(ctx: Ctx):
     if not segs:  # "#3" alone switches the current customer
         await ctx.reply(f"当前顾客：{name} #{n}。 Now talking to {name} #{n}.")
         return None
-    target = await advisors.customer_target(s, customer)
+    target = await advisors.customer_target(s, customer, clerk)
     if target is None or customer.erased_at is not None:
         await ctx.reply(f"{name} #{n} 没有可用的联系渠道，消息未发送。 Not sent: no channel.")
         return None
     out = Message(segs, sender_name=clerk.display_name)
-    await ctx.send(target.__class__(target.identity, customer.id, clerk.id), out, suffix="relay", kind="reply")
+    await ctx.send(target, out, suffix="relay", kind="reply")
     await ctx.log("message_out", customer_id=customer.id, clerk_id=clerk.id, store_id=clerk.store_id,
                   payload={"channel": target.identity.platform, "account": target.identity.account,
                            "chars": len(out.plain_text)})
-    await ctx.reply(f"→ 已发送给 {name} #{n}", suffix="confirm")
+    note = ctx.gw.adapters[target.identity.account].capabilities().extra.get("customer_send_note")
+    await ctx.reply(f"→ 已发送给 {name} #{n}" + (f"\n{note}" if note else ""), suffix="confirm")
     return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway import advisors
-from gateway.model import Message, Target
+from gateway.model import Identity, Message, Target
 from gateway.router import Ctx, Router
 
 router = Router("welcome")
@@ -14,10 +14,15 @@ WELCOME = "您好，我是{advisor}，很高兴成为您的专属顾问。有任
 @router.on("bind", side="customer")
 async def bind(ctx: Ctx):
     ev, c = ctx.event, ctx.customer
-    if not ev.payload.get("consent"):
+    p = ev.payload
+    if not p.get("consent"):
         return {"error": "consent_required", "message": "the customer must consent to become a member"}
-    outcome = await advisors.bind(ctx.session, c, ev.payload["invite"], policy=ctx.gw.config.policies.binding,
-                                  now=ctx.now())
+    # A WeCom contact names the member the customer added; without our invite in its state, that
+    # member (if they are a clerk) becomes the advisor.
+    member = (await advisors.clerk_by_identity(ctx.session, Identity(ev.sender.platform, ev.sender.account, p["advisor"]))
+              if p.get("advisor") else None)
+    outcome = await advisors.bind(ctx.session, c, p.get("invite"), policy=ctx.gw.config.policies.binding,
+                                  now=ctx.now(), advisor=member)
     if outcome.status in ("invite_not_found", "clerk_unavailable"):
         return {"error": outcome.status, "message": "this invite is not valid any more"
                 if outcome.status == "clerk_unavailable" else "no such invite"}
@@ -31,15 +36,18 @@ async def bind(ctx: Ctx):
     b = outcome.binding
     c.consent_at, c.consent_version = ctx.now(), ctx.gw.config.policies.consent_version
     ctx.binding, ctx.clerk = b, clerk
-    await ctx.log("invite_scan", customer_id=c.id, clerk_id=clerk.id, store_id=clerk.store_id,
-                  payload={"invite": ev.payload["invite"], "channel": ev.sender.platform})
+    if p.get("invite"):
+        await ctx.log("invite_scan", customer_id=c.id, clerk_id=clerk.id, store_id=clerk.store_id,
+                      payload={"invite": p["invite"], "channel": ev.sender.platform})
     if outcome.previous is not None:
         await ctx.log("unbound", customer_id=c.id, clerk_id=outcome.previous.clerk_id,
                       store_id=outcome.previous.store_id, payload={"reason": "rebound", "binding_id": outcome.previous.id})
     await ctx.log("bound", customer_id=c.id, clerk_id=clerk.id, store_id=clerk.store_id,
-                  payload={"binding_id": b.id, "source": b.source, "consent_version": c.consent_version})
+                  payload={"binding_id": b.id, "source": b.source, "channel": ev.sender.platform,
+                           "consent_version": c.consent_version, "consent_how": p.get("consent_how", "consent_given")})
     n = await advisors.handle_for(ctx.session, clerk.id, c.id)
-    await ctx.send(Target(ev.sender, customer_id=c.id, clerk_id=clerk.id),
+    hints = {k: p[k] for k in ("reply_token", "reply_by", "advisor") if p.get(k)}
+    await ctx.send(Target(ev.sender, customer_id=c.id, clerk_id=clerk.id, hints=hints),
                    Message.of_text(WELCOME.format(advisor=clerk.display_name), clerk.display_name),
                    suffix="welcome", kind="welcome")
     target = await ctx.gw.clerk_target(ctx.session, clerk)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from gateway.model import Event, Identity, Message, Target
 
-BUILTIN_ADAPTERS = ("adapters.webchat", "adapters.workbench", "adapters.dingtalk")
+BUILTIN_ADAPTERS = ("adapters.webchat", "adapters.workbench", "adapters.dingtalk", "adapters.wecom")
 
 
 class Unauthorized(Exception):
@@ -40,6 +40,11 @@ class Retryable(Exception):
     def __init__(self, message: str, *, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Deferred(Retryable):
+    """Not a failure: a platform cap says "not yet" (WeCom's 30 a minute per member). The outbox
+    sends it again after `retry_after` without spending one of the row's attempts."""
 
 
 class Permanent(Exception):
@@ -65,6 +70,9 @@ class Capabilities:
     burst: int = 20
     reply_window: timedelta | None = None  # e.g. 48 h on the Official Account
     max_text_bytes: int | None = None
+    # Per-customer cap on pushes the platform enforces: (period, limit) with period month | week |
+    # day; limit None = as many as the month has days (WeCom's default). Checked before enqueueing.
+    push_cap: tuple[str, int | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -131,6 +139,10 @@ class Adapter(ABC):
 
     def routes(self) -> list[RouteDef]:
         return []
+
+    def contact_url(self, code: str) -> str | None:
+        """Where a customer adds the invite's clerk as a contact on this platform (pure; None: n/a)."""
+        return None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         pass

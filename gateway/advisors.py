@@ -34,13 +34,16 @@ async def resolve_customer(session, ident: Identity, profile: dict, now: datetim
         IdentityRow.external_id == ident.external_id,
     )
     row = (await session.exec(q)).first()
-    name = (profile or {}).get("name")
+    profile = profile or {}
+    name = profile.get("name")
     if row is not None:
         identity, customer = row
         if identity.last_seen_at is None or now - identity.last_seen_at > _SEEN_RESOLUTION:
             identity.last_seen_at = now  # minute resolution: not a write on every message
-        if name and (identity.profile or {}).get("name") != name:
+        if profile and any((identity.profile or {}).get(k) != v for k, v in profile.items()):
             identity.profile = {**(identity.profile or {}), **profile}
+        if profile.get("unionid") and identity.unionid != profile["unionid"]:
+            identity.unionid = profile["unionid"]
         if name and not customer.name and customer.erased_at is None:
             customer.name = name
         if customer.last_identity_id != identity.id:
@@ -108,8 +111,9 @@ async def clerk_target(session, clerk: Clerk, clerk_accounts: dict[str, str]) ->
     return None
 
 
-async def customer_target(session, customer: Customer) -> Target | None:
-    """The customer's channel: the identity they last wrote from."""
+async def customer_target(session, customer: Customer, clerk: Clerk | None = None) -> Target | None:
+    """The customer's channel: the identity they last wrote from. With the advisor given, their id
+    on that same account rides along as the `advisor` hint (WeCom sends to a contact as a member)."""
     ident = await session.get(IdentityRow, customer.last_identity_id) if customer.last_identity_id else None
     if ident is None:
         ident = (
@@ -119,7 +123,14 @@ async def customer_target(session, customer: Customer) -> Target | None:
         ).first()
     if ident is None:
         return None
-    return Target(Identity(ident.platform, ident.account, ident.external_id), customer_id=customer.id)
+    hints = {}
+    if clerk is not None:
+        own = (await session.exec(select(ClerkIdentity.external_id).where(
+            ClerkIdentity.clerk_id == clerk.id, ClerkIdentity.account == ident.account))).first()
+        if own:
+            hints["advisor"] = own
+    return Target(Identity(ident.platform, ident.account, ident.external_id), customer_id=customer.id,
+                  clerk_id=clerk.id if clerk else None, hints=hints)
 
 
 async def handle_for(session, clerk_id: int, customer_id: int) -> int:
@@ -169,44 +180,56 @@ class BindOutcome:
     previous: Binding | None = None
 
 
-async def bind(session, customer: Customer, invite_code: str, *, policy: str, now: datetime) -> BindOutcome:
-    """Bind a customer to the invite's clerk under the binding policy. Never rewrites history."""
-    invite = (await session.exec(select(Invite).where(Invite.code == invite_code))).first()
-    if invite is None:
+async def bind(session, customer: Customer, invite_code: str | None, *, policy: str, now: datetime,
+               advisor: Clerk | None = None) -> BindOutcome:
+    """Bind a customer to the invite's clerk (or, without an invite, to `advisor`: a WeCom contact
+    the clerk added directly) under the binding policy. Never rewrites history."""
+    invite = None
+    if invite_code:
+        invite = (await session.exec(select(Invite).where(Invite.code == invite_code))).first()
+        if invite is None:
+            return BindOutcome("invite_not_found")
+        clerk = await session.get(Clerk, invite.clerk_id)
+    elif advisor is not None:
+        clerk = advisor
+    else:
         return BindOutcome("invite_not_found")
-    clerk = await session.get(Clerk, invite.clerk_id)
     if clerk is None or clerk.status != "active":
         return BindOutcome("clerk_unavailable", clerk=clerk)
     current = await open_binding(session, customer.id)
+    previous = None
     if current is not None:
         binding, bound_clerk = current
         if bound_clerk.id == clerk.id:
             return BindOutcome("already_bound", clerk=clerk, binding=binding)
         if policy != "latest_wins":
             return BindOutcome("conflict", clerk=bound_clerk, binding=binding)
-        await session.execute(
-            update(Binding).where(Binding.id == binding.id).values(valid_to=now, end_reason="rebound")
-        )
+        await close_binding(session, binding, now, "rebound")
         previous = binding
-    else:
-        previous = None
-    new = Binding(
-        customer_id=customer.id,
-        clerk_id=clerk.id,
-        store_id=clerk.store_id,
-        valid_from=now,
-        source=f"invite:{invite.source}" if invite.source else "invite",
-        invite_id=invite.id,
-    )
+    source = ("invite:" + invite.source if invite.source else "invite") if invite else "contact"
+    new = await open_new_binding(session, customer, clerk, now, source, invite.id if invite else None)
+    return BindOutcome("bound", clerk=clerk, binding=new, previous=previous)
+
+
+async def close_binding(session, binding: Binding, at: datetime, reason: str) -> None:
+    await session.execute(update(Binding).where(Binding.id == binding.id).values(valid_to=at, end_reason=reason))
+    binding.valid_to, binding.end_reason = at, reason
+
+
+async def open_new_binding(session, customer: Customer, clerk: Clerk, at: datetime, source: str,
+                           invite_id: int | None = None) -> Binding:
+    """The customer's new advisor from `at`; any wait in the unassigned queue is over."""
+    new = Binding(customer_id=customer.id, clerk_id=clerk.id, store_id=clerk.store_id, valid_from=at,
+                  source=source, invite_id=invite_id)
     session.add(new)
     customer.store_id = clerk.store_id
     await session.flush()
     await session.execute(
         update(QueueEntry)
         .where(QueueEntry.customer_id == customer.id, QueueEntry.resolved_at.is_(None))
-        .values(resolved_at=now)
+        .values(resolved_at=at)
     )
-    return BindOutcome("bound", clerk=clerk, binding=new, previous=previous)
+    return new
 
 
 async def enqueue_unassigned(session, customer: Customer, reason: str, now: datetime) -> tuple[QueueEntry, bool]:

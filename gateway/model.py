@@ -113,18 +113,29 @@ class Identity:
 
 @dataclass(frozen=True)
 class Target:
-    """Where an outbound message goes, and on whose behalf (for logging and policies)."""
+    """Where an outbound message goes, and on whose behalf (for logging and policies).
+
+    A target with a customer_id addresses that customer; without one, a clerk. `hints` carry what a
+    platform needs beyond the address, taken from the event or the binding (WeCom: the member who
+    sends to an external contact, a WelcomeCode and its deadline, the two members of a transfer).
+    """
 
     identity: Identity
     customer_id: int | None = None
     clerk_id: int | None = None
+    hints: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def side(self) -> Side:
+        return "customer" if self.customer_id is not None else "clerk"
 
     def to_dict(self) -> dict:
-        return {"identity": self.identity.to_dict(), "customer_id": self.customer_id, "clerk_id": self.clerk_id}
+        d = {"identity": self.identity.to_dict(), "customer_id": self.customer_id, "clerk_id": self.clerk_id}
+        return {**d, "hints": self.hints} if self.hints else d
 
     @staticmethod
     def from_dict(d: dict) -> Target:
-        return Target(Identity.from_dict(d["identity"]), d.get("customer_id"), d.get("clerk_id"))
+        return Target(Identity.from_dict(d["identity"]), d.get("customer_id"), d.get("clerk_id"), d.get("hints") or {})
 
 
 @dataclass

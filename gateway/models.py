@@ -95,6 +95,8 @@ class Invite(SQLModel, table=True):
     clerk_id: int = Field(foreign_key="clerk.id", index=True)
     source: str | None = Field(default=None, max_length=64)
     campaign_id: int | None = None
+    # What platforms made for this invite, by account (WeCom: the contact way's config_id and QR).
+    channel_refs: dict | None = Field(default=None, sa_type=JSON)
     created_at: datetime = _ts()
 
 
@@ -202,6 +204,30 @@ class Outbox(SQLModel, table=True):
     message_id: int | None = Field(default=None, foreign_key="message.id")
     created_at: datetime = _ts()
     sent_at: datetime | None = _ts(nullable=True)
+
+
+class Transfer(SQLModel, table=True):
+    """A customer handed to another clerk through the platform that holds the contact (WeCom).
+    The binding moves only when the platform reports the transfer done."""
+
+    __table_args__ = (
+        sa.Index("ix_transfer_open", "account", "status"),
+        sa.Index("ix_transfer_customer", "customer_id", "requested_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id")
+    from_clerk_id: int = Field(foreign_key="clerk.id")
+    to_clerk_id: int = Field(foreign_key="clerk.id")
+    platform: str = Field(max_length=32)
+    account: str = Field(max_length=64)
+    external_id: str = Field(max_length=128)  # the customer on that platform
+    handover_user: str = Field(max_length=128)
+    takeover_user: str = Field(max_length=128)
+    resigned: bool = False  # resigned/transfer_customer (the clerk left) vs in-service
+    status: str = Field(default="requested", max_length=20)  # requested | done | refused | receiver_full | failed
+    reason: str | None = Field(default=None, max_length=200)
+    requested_at: datetime = _ts()
+    finished_at: datetime | None = _ts(nullable=True)
 
 
 class Interaction(SQLModel, table=True):

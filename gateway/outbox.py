@@ -10,17 +10,20 @@ become dead letters (or held, with the platform's reason) visible through the ad
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import logging
 import random
 import uuid
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 
-from gateway.adapter import Permanent, Retryable
+from gateway.adapter import Deferred, Permanent, Retryable
 from gateway.batch import Batcher
+from gateway.interactions import log_interaction
 from gateway.model import Message, Target
 from gateway.models import ChatMessage, Customer, Outbox
 from gateway.ratelimit import TokenBucket
@@ -35,6 +38,21 @@ log = logging.getLogger("gateway.outbox")
 PUSH_KINDS = frozenset({"push"})
 
 
+def cap_period(cap: tuple[str, int | None], now: datetime, tz) -> tuple[datetime, int]:
+    """The start of the current cap period in the configured zone, and the period's limit
+    (a month's default limit is its number of days)."""
+    period, limit = cap
+    local = now.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "month":
+        start = local.replace(day=1)
+        limit = limit or calendar.monthrange(local.year, local.month)[1]
+    elif period == "week":
+        start = local - timedelta(days=local.weekday())
+    else:
+        start = local
+    return start, limit or 1
+
+
 class OutboxWorker:
     def __init__(self, gw: Gateway):
         self.gw = gw
@@ -47,6 +65,8 @@ class OutboxWorker:
         self._limiters: dict[str, TokenBucket] = {}
         self._peer_locks: dict[tuple[str, str], list] = {}  # (account, peer) -> [lock, users]
         self._sent = Batcher(self._record_sent, name="outbox-sent")
+        # kind -> coroutine(session, row, error) run in the transaction that records a dead or held row
+        self.on_failed: dict[str, Callable[..., Awaitable[None]]] = {}
         self.sent = 0  # counters for tests, metrics and benchmarks
         self.failed = 0
 
@@ -67,18 +87,17 @@ class OutboxWorker:
         if adapter is None:
             raise ValueError(f"no account named {target.identity.account!r} is configured")
         now = self.gw.clock.now()
-        status, code = "pending", None
+        status, code, why = "pending", None, None
         if kind in PUSH_KINDS and target.customer_id is not None:
-            customer = await session.get(Customer, target.customer_id)
-            if customer is not None and customer.opted_out_at is not None:
-                status, code = "held", "opted_out"
+            code, why = await self._push_refusal(session, adapter, target, now)
+            status = "held" if code else "pending"
         # The message row first, so the outbox row is written once, already pointing at it.
         msg_id = (
             await session.execute(
                 ChatMessage.__table__.insert()
                 .values(
                     direction="out",
-                    side=adapter.side,
+                    side=target.side,
                     platform=target.identity.platform,
                     account=target.identity.account,
                     peer_id=target.identity.external_id,
@@ -104,7 +123,7 @@ class OutboxWorker:
                 kind=kind,
                 status=status,
                 error_code=code,
-                last_error="customer opted out" if code == "opted_out" else None,
+                last_error=why,
                 next_attempt_at=now,
                 customer_id=target.customer_id,
                 clerk_id=target.clerk_id,
@@ -118,7 +137,32 @@ class OutboxWorker:
         if outbox_id is None:  # the key exists: this message was enqueued before
             await session.execute(delete(ChatMessage).where(ChatMessage.id == msg_id))
             return None
+        if kind in PUSH_KINDS:
+            await log_interaction(session, "push_held" if code else "push_queued", occurred_at=now,
+                                  customer_id=target.customer_id, clerk_id=target.clerk_id, campaign_id=campaign_id,
+                                  payload={"outbox_id": outbox_id, "channel": target.identity.platform,
+                                           **({"code": code, "reason": why} if code else {})})
         return outbox_id
+
+    async def _push_refusal(self, session, adapter, target: Target, now) -> tuple[str | None, str | None]:
+        """Why a push may not go to this customer now: opted out, or the platform's per-customer cap."""
+        customer = await session.get(Customer, target.customer_id)
+        if customer is not None and customer.opted_out_at is not None:
+            return "opted_out", "customer opted out"
+        cap = adapter.capabilities().push_cap
+        if cap is None:
+            return None, None
+        start, limit = cap_period(cap, now, self.gw.tz)
+        used = (await session.execute(
+            select(func.count(Outbox.id)).where(
+                Outbox.customer_id == target.customer_id, Outbox.account == target.identity.account,
+                Outbox.kind.in_(PUSH_KINDS), Outbox.status.in_(("pending", "sending", "sent")),
+                Outbox.created_at >= start)
+        )).scalar_one()
+        if used >= limit:
+            return "platform_cap", (f"{adapter.platform} allows {limit} pushes per customer per {cap[0]}; "
+                                    f"{used} already since {start.astimezone(self.gw.tz).date().isoformat()}")
+        return None, None
 
     def kick(self) -> None:
         self._wake.set()
@@ -172,6 +216,8 @@ class OutboxWorker:
             async with self._peer_lock(row.account, target.identity.external_id):
                 await self.limiter(row.account).acquire()  # spend the platform's cap on the send itself
                 receipt = await adapter.send(target, message, idem_key=row.idem_key, kind=row.kind)
+        except Deferred as e:
+            return await self._retry(row, str(e), e.retry_after, spend_attempt=False)
         except Retryable as e:
             return await self._retry(row, str(e), e.retry_after)
         except Permanent as e:
@@ -228,11 +274,14 @@ class OutboxWorker:
             if entry[1] == 0:
                 del self._peer_locks[key]
 
-    async def _retry(self, row, error: str, retry_after: float | None) -> str:
-        if row.attempts >= self.cfg.max_attempts:
+    async def _retry(self, row, error: str, retry_after: float | None, *, spend_attempt: bool = True) -> str:
+        if spend_attempt and row.attempts >= self.cfg.max_attempts:
             return await self._finish(row, "dead", error=f"gave up after {row.attempts} attempts: {error}")
-        delay = min(self.cfg.backoff_max, self.cfg.backoff_base ** row.attempts) * (0.5 + random.random() / 2)
-        delay = max(delay, retry_after or 0)
+        if spend_attempt:
+            delay = min(self.cfg.backoff_max, self.cfg.backoff_base ** row.attempts) * (0.5 + random.random() / 2)
+            delay = max(delay, retry_after or 0)
+        else:
+            delay = retry_after or 1.0
         async with self.gw.db() as s:
             await s.execute(
                 update(Outbox)
@@ -242,6 +291,7 @@ class OutboxWorker:
                     lease_until=None,
                     next_attempt_at=self.gw.clock.now() + timedelta(seconds=delay),
                     last_error=error[:2000],
+                    **({} if spend_attempt else {"attempts": Outbox.attempts - 1}),
                 )
             )
             await s.commit()
@@ -267,6 +317,8 @@ class OutboxWorker:
                     .where(ChatMessage.id == row.message_id)
                     .values(status=msg_status)
                 )
+            if row.kind in self.on_failed:  # the domain's answer to an operation that will not happen
+                await self.on_failed[row.kind](s, row, error)
             await s.commit()
         self.failed += 1
         return status

@@ -7,13 +7,14 @@ import logging
 import os
 import socket
 import time
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots import root_router
-from gateway import advisors
+from gateway import advisors, handover
 from gateway.adapter import Adapter, adapter_class
 from gateway.clock import Clock
 from gateway.config import Config
@@ -22,7 +23,17 @@ from gateway.hub import Hub
 from gateway.ingress import Ingress
 from gateway.middleware import MIDDLEWARES
 from gateway.model import Identity
-from gateway.models import ApiToken, Binding, ChatMessage, Clerk, Invite, Store
+from gateway.models import (
+    ApiToken,
+    Binding,
+    ChatMessage,
+    Clerk,
+    ClerkIdentity,
+    Invite,
+    Outbox,
+    Store,
+    Transfer,
+)
 from gateway.models import Identity as IdentityRow
 from gateway.outbox import OutboxWorker
 from gateway.router import Dispatcher
@@ -52,6 +63,7 @@ class Gateway:
         self.dispatcher = Dispatcher(root_router(), MIDDLEWARES)
         self.ingress = Ingress(self)
         self.outbox = OutboxWorker(self)
+        self.outbox.on_failed["transfer"] = lambda s, row, error: handover.transfer_not_sent(s, self, row, error)
         self._tokens: dict[str, tuple[float, Principal | None]] = {}
         self.started = False
 
@@ -188,6 +200,48 @@ class Gateway:
             for c, n, at in rows
         ]
 
+    async def _q_invite_channel(self, code: str, account: str) -> dict | None:
+        """For a platform's contact QR: the invite's clerk id on `account` and what was made before."""
+        async with self.db() as s:
+            row = (await s.execute(
+                select(Invite.channel_refs, ClerkIdentity.external_id)
+                .join(Clerk, (Clerk.id == Invite.clerk_id) & (Clerk.status == "active"))
+                .join(ClerkIdentity, (ClerkIdentity.clerk_id == Clerk.id) & (ClerkIdentity.account == account),
+                      isouter=True)
+                .where(Invite.code == code)
+            )).first()
+        if row is None:
+            return None
+        return {"user": row[1], "ref": (row[0] or {}).get(account)}
+
+    async def _q_awaiting_delivery(self, account: str, days: int = 3) -> list[dict]:
+        """Customer messages a platform accepted but has not reported on (WeCom tasks), by platform id."""
+        since = self.clock.now() - timedelta(days=days)
+        async with self.db() as s:
+            rows = (await s.execute(
+                select(ChatMessage.platform_msg_id, Outbox.target)
+                .join(Outbox, Outbox.message_id == ChatMessage.id)
+                .where(ChatMessage.account == account, ChatMessage.direction == "out", ChatMessage.side == "customer",
+                       ChatMessage.status == "sent", ChatMessage.platform_msg_id.is_not(None),
+                       ChatMessage.created_at >= since)
+            )).all()
+        tasks: dict[str, dict] = {}
+        for pid, target in rows:
+            tasks.setdefault(pid, {"platform_msg_id": pid, "hints": (target or {}).get("hints") or {}})
+        return list(tasks.values())
+
+    async def _q_pending_transfers(self, account: str) -> list[dict]:
+        """Requested transfers on `account`, grouped the way the platform reports them."""
+        async with self.db() as s:
+            rows = (await s.execute(
+                select(Transfer.handover_user, Transfer.takeover_user, Transfer.resigned, Transfer.external_id)
+                .where(Transfer.account == account, Transfer.status == "requested")
+            )).all()
+        groups: dict[tuple, list[str]] = {}
+        for handover_user, takeover_user, resigned, ext in rows:
+            groups.setdefault((handover_user, takeover_user, bool(resigned)), []).append(ext)
+        return [{"handover": h, "takeover": t, "resigned": r, "external_ids": ids} for (h, t, r), ids in groups.items()]
+
     # -- helpers for bots ----------------------------------------------------------------------
 
     async def clerk_target(self, session, clerk: Clerk):
@@ -195,3 +249,8 @@ class Gateway:
 
     def invite_url(self, code: str) -> str:
         return f"{self.config.server.base_url()}/i/{code}"
+
+    def contact_url(self, account: str, code: str) -> str | None:
+        """Where a customer adds this invite's clerk on a platform that holds contacts (WeCom), if any."""
+        adapter = self.adapters.get(account)
+        return adapter.contact_url(code) if adapter is not None else None

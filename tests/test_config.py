@@ -84,10 +84,10 @@ def run_cli(*args, env=None):
 
 def test_check_config_cli(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("server:\n  port: 70000\naccounts:\n  - name: w\n    platform: wecom\n")
+    bad.write_text("server:\n  port: 70000\naccounts:\n  - name: w\n    platform: telegram\n")
     r = run_cli("check-config", str(bad))
     assert r.returncode == 2
-    assert "server.port" in r.stderr and "accounts[0].platform: unknown platform 'wecom'" in r.stderr
+    assert "server.port" in r.stderr and "accounts[0].platform: unknown platform 'telegram'" in r.stderr
     good = tmp_path / "good.yaml"
     good.write_text("server:\n  port: 9000\n")
     r = run_cli("check-config", str(good))

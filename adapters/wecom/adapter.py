@@ -1,0 +1,297 @@
+"""WeCom adapter: clerks talk to the brand's app; their WeChat customers are external contacts.
+
+Inbound: encrypted XML callbacks (URL check, member messages, contact and org events) and the
+adapter's own polls of mass-task and transfer results, both submitted through the ingress.
+Outbound, by target and kind: clerks get app messages (≤ 30/min and 1,000/h per member — WeCom
+drops the excess silently, so the excess waits here instead); customers get the welcome through
+the event's WelcomeCode, everything else through a mass-message task the member confirms, and
+handovers through the (resigned) transfer APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from collections import defaultdict, deque
+from datetime import datetime
+
+from aiohttp import web
+
+from adapters.webim import read_body
+from adapters.wecom import codec, events
+from adapters.wecom.api import WeComApi, WeComError
+from adapters.wecom.config import WeComConfig
+from adapters.wecom.crypto import CallbackCrypto
+from gateway.adapter import (
+    Adapter,
+    BadRequest,
+    Capabilities,
+    Deferred,
+    Permanent,
+    Receipt,
+    Retryable,
+    RouteDef,
+    register,
+)
+from gateway.ingress import error_response
+
+log = logging.getLogger("gateway.wecom")
+
+WELCOME_DONE, WELCOME_BUSY = 41051, 41096  # already sent (done) / another app is sending (retry)
+CUSTOMER_CAPS = {"month": ("month", None), "week": ("week", 7), "day": ("day", 1)}
+
+
+class MemberWindow:
+    """Sliding per-member counts of app messages: WeCom silently drops what passes 30/min or 1,000/h."""
+
+    def __init__(self, per_minute: int, per_hour: int):
+        self.limits = ((60.0, per_minute), (3600.0, per_hour))
+        self._sent: dict[str, deque[float]] = defaultdict(deque)
+
+    def take(self, user: str, now: float) -> float:
+        """Count one message to `user` and return 0, or return the seconds until one is allowed."""
+        q = self._sent[user]
+        while q and now - q[0] >= 3600:
+            q.popleft()
+        for span, limit in self.limits:
+            in_window = len(q) - bisect.bisect_right(q, now - span)
+            if in_window >= limit:
+                return q[len(q) - limit] + span - now
+        q.append(now)
+        return 0.0
+
+    def give_back(self, user: str, n: int) -> None:
+        for _ in range(n):
+            self._sent[user].pop()
+
+
+@register
+class WeComAdapter(Adapter):
+    platform = "wecom"
+    side = "clerk"  # the app's members are clerks; external contacts arrive as customer-side events
+    # 10,000 calls per API per minute per corp (page 90454): ~166/s, kept a little under it.
+    caps = Capabilities(segments=codec.APP_SEGMENTS, rate_per_sec=150, burst=150, max_text_bytes=codec.TEXT_LIMIT,
+                        extra={"transfers_contacts": True,  # a handover moves the contact through WeCom
+                               "customer_send_note": "微信客户的消息以群发任务送达，请在企业微信中确认发送。"
+                                                     " (WeChat contacts get it as a task: confirm it in WeCom.)"})
+    config_class = WeComConfig
+    config: WeComConfig
+
+    def __init__(self, config, host):
+        super().__init__(config, host)
+        self.api = WeComApi(config, host.clock)
+        self.crypto = CallbackCrypto(config.token, config.encoding_aes_key, config.corp_id)
+        self.members = MemberWindow(config.member_per_minute, config.member_per_hour)
+        self._tasks: set[asyncio.Task] = set()
+        self._poller: asyncio.Task | None = None
+
+    def capabilities(self) -> Capabilities:
+        caps = super().capabilities()
+        return Capabilities(**{**caps.__dict__, "push_cap": CUSTOMER_CAPS[self.config.push_cap]})
+
+    @property
+    def media_prefix(self) -> str:
+        return f"{self.host.base_url}/media/{self.account}"
+
+    def routes(self) -> list[RouteDef]:
+        return [RouteDef("GET", f"/media/{self.account}/{{code}}", self._media),
+                RouteDef("GET", f"/wecom/{self.account}/contact/{{code}}", self._contact_qr)]
+
+    def contact_url(self, code: str) -> str | None:
+        return f"{self.host.base_url}/wecom/{self.account}/contact/{code}"
+
+    async def start(self) -> None:
+        await self.api.start()
+        self._poller = asyncio.create_task(self._poll_loop(), name=f"wecom-poll-{self.account}")
+
+    async def stop(self) -> None:
+        for t in [self._poller, *self._tasks]:
+            if t:
+                t.cancel()
+        await asyncio.gather(*(t for t in [self._poller, *self._tasks] if t), return_exceptions=True)
+        await self.api.close()
+
+    # -- inbound --------------------------------------------------------------------------------
+
+    async def verify(self, request: web.Request) -> events.WeComRaw:
+        q = request.query
+        sig, ts, nonce = q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", "")
+        now = self.host.clock.now()
+        if request.method == "GET":  # the URL check when the callback is saved in the admin console
+            echo = self.crypto.check_url(sig, ts, nonce, q.get("echostr", ""))
+            return events.WeComRaw(self.account, "url_check", {}, now, echo=echo)
+        if request.method != "POST":
+            raise BadRequest("WeCom callbacks are GET or POST", status=405, code="method_not_allowed")
+        envelope = events.xml_fields(await read_body(request, self.host.max_body), "envelope")
+        if not envelope.get("Encrypt"):
+            raise BadRequest("Encrypt is missing", field="Encrypt")
+        plain = self.crypto.decrypt(sig, ts, nonce, envelope["Encrypt"])
+        return events.WeComRaw(self.account, "callback", events.xml_fields(plain, "message"), now, self.media_prefix)
+
+    def parse(self, raw: events.WeComRaw):
+        return events.parse(raw)
+
+    def ack(self, raw: events.WeComRaw, results, duplicate: bool) -> web.Response:
+        if raw.kind == "url_check":  # the bare plaintext: no quotes, BOM or newline
+            return web.Response(text=raw.echo, content_type="text/plain")
+        if not duplicate and raw.data.get("ChangeType") in ("add_external_contact", "add_half_external_contact"):
+            self._spawn(self._fetch_profile(raw.data["ExternalUserID"]))
+        return web.Response(status=200)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _submit_report(self, data: dict) -> None:
+        await self.host.submit(self, events.WeComRaw(self.account, "poll", data, self.host.clock.now()))
+
+    async def _fetch_profile(self, external_userid: str) -> None:
+        """Name and unionid are not in the event: fetch them after the ack, feed them in as an Event."""
+        try:
+            data = await self.api.external_contact(external_userid)
+            await self._submit_report({"type": "profile", "external_userid": external_userid,
+                                       "external_contact": data.get("external_contact") or {}})
+        except Exception as e:  # noqa: BLE001 - the profile is a nicety; the binding never waits for it
+            log.warning("wecom %s: profile of %s not fetched: %s", self.account, external_userid, e)
+
+    # -- polling results ------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - try again next round
+                log.exception("wecom %s: polling results failed", self.account)
+
+    async def poll_once(self) -> int:
+        """Mass-task results and transfer results into Events. Returns the reports submitted."""
+        n = 0
+        for task in await self.host.query("awaiting_delivery", account=self.account):
+            sender = (task.get("hints") or {}).get("advisor")
+            if not sender:
+                continue
+            for row in await self.api.send_results(task["platform_msg_id"], sender):
+                if row.get("external_userid") and row.get("status") in (1, 2, 3):
+                    await self._submit_report({"type": "delivery", "msgid": task["platform_msg_id"], **row})
+                    n += 1
+        for t in await self.host.query("pending_transfers", account=self.account):
+            wanted = set(t["external_ids"])
+            for row in await self.api.transfer_results(t["handover"], t["takeover"], resigned=t["resigned"]):
+                if row.get("external_userid") in wanted and row.get("status") in (1, 3, 4):
+                    await self._submit_report({"type": "transfer_result", "handover": t["handover"],
+                                               "takeover": t["takeover"], **row})
+                    n += 1
+        return n
+
+    # -- outbound -------------------------------------------------------------------------------
+
+    async def send(self, target, message, *, idem_key: str, kind: str = "reply") -> Receipt:
+        if target.side == "clerk":
+            return await self._app_message(target.identity.external_id, message)
+        if kind == "welcome":
+            return await self._welcome(target, message)
+        if kind == "transfer":
+            return await self._transfer(target, message)
+        return await self._task(target, message)
+
+    async def _app_message(self, user: str, message) -> Receipt:
+        bodies = codec.app_messages(message)
+        now = self.host.clock.now().timestamp()
+        # Count every part up front: a split message goes out whole or waits whole.
+        for taken in range(len(bodies)):
+            wait = self.members.take(user, now)
+            if wait:
+                self.members.give_back(user, taken)
+                raise Deferred(f"member {user} is at WeCom's app-message cap; sending in {wait:.0f} s",
+                               retry_after=wait)
+        msgid = None
+        for body in bodies:
+            data = await self.api.send_app_message(user, body)
+            if user in (data.get("invaliduser") or "").split("|"):
+                raise Permanent(f"WeCom refused member {user} (not in the app's visible range)",
+                                code="invaliduser")
+            msgid = data.get("msgid") or msgid
+        return Receipt(platform_msg_id=msgid)
+
+    async def _welcome(self, target, message) -> Receipt:
+        h = target.hints
+        if not h.get("reply_token"):
+            raise Permanent("WeCom gave no WelcomeCode (an admin welcome is configured, or the chat had started)",
+                            code="no_welcome_code", hold=True)
+        if h.get("reply_by") and self.host.clock.now() > datetime.fromisoformat(h["reply_by"]):
+            raise Permanent("the 20 s welcome window had passed", code="welcome_expired", hold=True)
+        try:
+            await self.api.send_welcome(h["reply_token"], self._content(message))
+        except WeComError as e:
+            if e.errcode == WELCOME_DONE:  # sent before (our first answer was lost): done
+                return Receipt(delivered=True)
+            if e.errcode == WELCOME_BUSY:
+                raise Retryable("another app is sending this welcome", retry_after=1) from None
+            raise
+        return Receipt(delivered=True)
+
+    def _content(self, message) -> dict:
+        content = codec.customer_content(message)
+        if len((content.get("text") or {}).get("content", "").encode()) > 4000:
+            raise Permanent("text over WeCom's 4,000 bytes for customer messages", code="too_long")
+        return content
+
+    async def _task(self, target, message) -> Receipt:
+        """A mass-message task for one customer: WeCom sends it once the member confirms."""
+        sender = target.hints.get("advisor")
+        if not sender:
+            raise Permanent("no WeCom member to send as (the advisor has no identity on this account)",
+                            code="no_sender")
+        ext = target.identity.external_id
+        data = await self.api.add_msg_template(sender, [ext], self._content(message))
+        if ext in (data.get("fail_list") or []):
+            raise Permanent(f"{ext} is not a contact of {sender}", code="not_a_contact")
+        return Receipt(platform_msg_id=data.get("msgid"))
+
+    async def _transfer(self, target, message) -> Receipt:
+        h, ext = target.hints, target.identity.external_id
+        text = message.plain_text[: codec.TRANSFER_MSG_LIMIT] or None
+        data = await self.api.transfer(h["handover"], h["takeover"], [ext], resigned=bool(h.get("resigned")),
+                                       message=text)
+        for row in data.get("customer") or []:
+            if row.get("external_userid") == ext and row.get("errcode"):
+                raise Permanent(f"WeCom refused the transfer of {ext}: errcode {row['errcode']}",
+                                code=str(row["errcode"]))
+        return Receipt(platform_msg_id=f"transfer:{h['handover']}:{h['takeover']}")
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    async def _media(self, request: web.Request) -> web.StreamResponse:
+        """A file a clerk sent, fetched with the app token (never exposed) and passed through."""
+        try:
+            body, ctype = await self.api.media(request.match_info["code"])
+        except (Retryable, Permanent) as e:
+            return error_response(502, "upstream", str(e))
+        return web.Response(body=body, content_type=ctype or "application/octet-stream",
+                            headers={"Cache-Control": "private, max-age=86400"})
+
+    async def _contact_qr(self, request: web.Request) -> web.StreamResponse:
+        """The advisor's WeCom contact QR for an invite (`state` ties the scan to it), made once."""
+        code = request.match_info["code"].lower()
+        info = await self.host.query("invite_channel", code=code, account=self.account)
+        if info is None:
+            return error_response(404, "not_found", "no such invite")
+        if info.get("ref"):
+            raise web.HTTPFound(info["ref"]["qr_code"])
+        if not info.get("user"):
+            return error_response(404, "not_found", "this advisor has no WeCom account here")
+        try:
+            data = await self.api.add_contact_way(info["user"], f"{events.STATE_PREFIX}{code}", remark=f"invite {code}")
+        except (Retryable, Permanent) as e:
+            return error_response(502, "upstream", str(e))
+        with contextlib.suppress(Exception):  # remembered for next time; a lost write costs one more way
+            await self._submit_report({"type": "contact_way", "invite": code, "user": info["user"],
+                                       "config_id": data.get("config_id"),
+                                       "qr_code": data.get("qr_code")})
+        raise web.HTTPFound(data["qr_code"])

@@ -1,0 +1,193 @@
+"""Pure parsing of WeCom callbacks (and of the adapter's own poll reports) into Events.
+
+Member → app messages are clerk-side Events; external-contact changes are customer-side Events
+whose sender is the WeChat customer (external_userid). Dedupe keys follow PLATFORM_RULES.md:
+messages by MsgId; `sys` events (FromUserName is always `sys`) by (Event, ChangeType, UserID,
+ExternalUserID, CreateTime); other events by FromUserName + CreateTime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import xmltodict
+
+from gateway.adapter import BadRequest
+from gateway.model import Event, Identity, Message, Segment
+
+PLATFORM = "wecom"
+STATE_PREFIX = "gw:"  # add_contact_way state = "gw:<invite code>"; other tools' states are left alone
+WELCOME_SECONDS = 20  # a WelcomeCode is good for 20 s after the event (page 92599)
+DELIVERY = {1: ("delivered", None, None), 2: ("failed", "not_a_contact", "the customer is not the sender's contact"),
+            3: ("failed", "platform_cap", "the customer already received this period's mass messages")}
+TRANSFER = {1: "done", 2: "waiting", 3: "refused", 4: "receiver_full"}
+FAIL_REASONS = {"customer_refused": "refused", "customer_limit_exceed": "receiver_full"}
+
+
+@dataclass
+class WeComRaw:
+    account: str
+    kind: str  # url_check | callback | poll
+    data: dict[str, Any]
+    received_at: datetime
+    media_prefix: str = ""
+    echo: str = ""  # url_check: the decrypted echostr to answer with
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def xml_fields(text: str | bytes, what: str = "body") -> dict[str, str]:
+    """A flat <xml> document to a dict of its text fields. Entities are refused (no expansion)."""
+    try:
+        doc = xmltodict.parse(text, disable_entities=True)
+    except Exception:  # noqa: BLE001 - ExpatError, entity declarations, bad encodings: all malformed
+        raise BadRequest(f"{what} is not well-formed XML") from None
+    root = doc.get("xml") if isinstance(doc, dict) else None
+    if not isinstance(root, dict):
+        raise BadRequest(f"{what} has no <xml> root")
+    return {k: v for k, v in root.items() if isinstance(v, str)}
+
+
+def _time(d: dict, received_at: datetime) -> datetime:
+    ts = d.get("CreateTime", "")
+    return datetime.fromtimestamp(int(ts), UTC) if ts.isdigit() else received_at
+
+
+def _need(d: dict, key: str) -> str:
+    v = d.get(key)
+    if not v:
+        raise BadRequest(f"{key} is missing", field=key)
+    return v
+
+
+def _segments(raw: WeComRaw) -> list[Segment]:
+    d = raw.data
+    media = f"{raw.media_prefix}/{d.get('MediaId', '')}"
+    match d.get("MsgType"):
+        case "text":
+            text = d.get("Content", "").strip()
+            return [Segment.text(text)] if text else []
+        case "image":
+            return [Segment("image", {"url": media if d.get("MediaId") else d.get("PicUrl", "")})]
+        case "voice":
+            return [Segment("voice", {"url": media, "format": d.get("Format", "")})]
+        case "video":
+            return [Segment("file", {"name": "视频", "url": media})]
+        case "file":  # not in the receive list of page 90239; accepted should WeCom send one
+            return [Segment("file", {"name": d.get("FileName") or d.get("Title") or "文件", "url": media})]
+        case "location":
+            return [Segment("location", {"lat": _num(d.get("Location_X")), "lng": _num(d.get("Location_Y")),
+                                         "label": d.get("Label", "")})]
+        case "link":
+            return [Segment("link", {"title": d.get("Title", ""), "url": d.get("Url", ""),
+                                     "description": d.get("Description", "")})]
+    return []
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def _message(raw: WeComRaw) -> list[Event]:
+    d = raw.data
+    msg_id, user = _need(d, "MsgId"), _need(d, "FromUserName")
+    segments = _segments(raw)
+    if not segments:
+        return []
+    return [Event("message", "clerk", Identity(PLATFORM, raw.account, user), f"msg:{msg_id}", _time(d, raw.received_at),
+                  message=Message(segments), payload={"platform_msg_id": msg_id})]
+
+
+def _contact_event(raw: WeComRaw, at: datetime, key: str) -> list[Event]:
+    d = raw.data
+    change, member = d.get("ChangeType", ""), d.get("UserID", "")
+    if change not in ("add_external_contact", "add_half_external_contact", "del_external_contact",
+                      "del_follow_user", "transfer_fail"):
+        return []  # edit_external_contact and friends: nothing the gateway keeps changes
+    customer = Identity(PLATFORM, raw.account, _need(d, "ExternalUserID"))
+    if change in ("add_external_contact", "add_half_external_contact"):
+        state = d.get("State", "")
+        payload = {"invite": state[len(STATE_PREFIX):] if state.startswith(STATE_PREFIX) else None,
+                   "advisor": _need(d, "UserID"), "state": state or None, "consent": True,
+                   "consent_how": "added the advisor as a WeChat contact"}
+        if d.get("WelcomeCode"):
+            payload |= {"reply_token": d["WelcomeCode"],
+                        "reply_by": (at + timedelta(seconds=WELCOME_SECONDS)).isoformat()}
+        return [Event("bind", "customer", customer, key, at, payload=payload)]
+    if change == "transfer_fail":
+        status = FAIL_REASONS.get(d.get("FailReason", ""), "failed")
+        return [Event("transfer_result", "customer", customer, key, at,
+                      payload={"status": status, "takeover": member, "fail_reason": d.get("FailReason")})]
+    if change == "del_external_contact" and d.get("Source") == "DELETE_BY_TRANSFER":
+        return []  # the old member's side of a completed transfer: the transfer result moves the binding
+    reason = "advisor_removed_customer" if change == "del_external_contact" else "customer_removed_advisor"
+    return [Event("unbind", "customer", customer, key, at, payload={"reason": reason, "advisor": member})]
+
+
+def _event(raw: WeComRaw) -> list[Event]:
+    d = raw.data
+    at = _time(d, raw.received_at)
+    event, sender = d.get("Event", ""), d.get("FromUserName", "")
+    if sender == "sys" or event == "change_external_contact":
+        key = ":".join(("evt", event, d.get("ChangeType", ""), d.get("UserID", ""), d.get("ExternalUserID", ""),
+                        d.get("CreateTime", "")))
+    else:
+        key = f"evt:{sender}:{d.get('CreateTime', '')}:{event}"
+    if event == "change_external_contact":
+        return _contact_event(raw, at, key)
+    if event == "change_contact" and d.get("ChangeType") == "delete_user":
+        return [Event("clerk_left", "clerk", Identity(PLATFORM, raw.account, _need(d, "UserID")), key, at,
+                      payload={"reason": "left_org"})]
+    return []  # enter_agent, menu clicks, other org changes: acknowledged, nothing to do
+
+
+def _poll(raw: WeComRaw) -> list[Event]:
+    """Reports the adapter's pollers produce from get_groupmsg_send_result / transfer_result."""
+    d = raw.data
+    at = raw.received_at
+    customer = Identity(PLATFORM, raw.account, d["external_userid"])
+    if d["type"] == "delivery":
+        status, code, reason = DELIVERY.get(d["status"], (None, None, None))
+        if status is None:
+            return []  # 0: the member has not confirmed the task yet
+        return [Event("delivery", "customer", customer, f"delivery:{d['msgid']}:{d['external_userid']}", at,
+                      payload={"platform_msg_id": d["msgid"], "status": status, "code": code, "reason": reason})]
+    if d["type"] == "transfer_result":
+        status = TRANSFER.get(d["status"])
+        if status in (None, "waiting"):
+            return []
+        key = f"transfer:{d['handover']}:{d['takeover']}:{d['external_userid']}:{d.get('takeover_time', '')}:{status}"
+        return [Event("transfer_result", "customer", customer, key, at,
+                      payload={"status": status, "handover": d["handover"], "takeover": d["takeover"],
+                               "takeover_time": d.get("takeover_time")})]
+    if d["type"] == "contact_way":
+        return [Event("contact_way", "clerk", Identity(PLATFORM, raw.account, d["user"]),
+                      f"contact_way:{d['invite']}:{d.get('config_id')}", at,
+                      payload={"invite": d["invite"], "config_id": d.get("config_id"), "qr_code": d.get("qr_code")})]
+    if d["type"] == "profile":
+        c = d.get("external_contact") or {}
+        profile = {k: c[k] for k in ("name", "unionid", "avatar", "corp_name") if c.get(k)}
+        digest = "|".join(f"{k}={v}" for k, v in sorted(profile.items()))
+        return [Event("profile", "customer", customer, f"profile:{d['external_userid']}:{hash_text(digest)}", at,
+                      profile=profile)]
+    return []
+
+
+def hash_text(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()[:16]
+
+
+def parse(raw: WeComRaw) -> list[Event]:
+    if raw.kind == "url_check":
+        return []
+    if raw.kind == "poll":
+        return _poll(raw)
+    kind = raw.data.get("MsgType")
+    if not kind:
+        raise BadRequest("MsgType is missing", field="MsgType")
+    return _event(raw) if kind == "event" else _message(raw)
