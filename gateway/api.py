@@ -18,7 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from gateway import advisors
+from gateway import advisors, handover
 from gateway.ingress import error_response
 from gateway.models import (
     Binding,
@@ -76,6 +76,14 @@ class ClerkPatch(_In):
     store_id: int | None = None
     role: Literal["clerk", "manager"] | None = None
     work_ids: dict[str, str] | None = None
+
+
+class LeaveIn(_In):
+    successor_id: int | None = None  # else the handover policy picks (least loaded / manager / queue)
+
+
+class TransferIn(_In):
+    clerk_id: int
 
 
 class InviteIn(_In):
@@ -418,6 +426,30 @@ async def clerk_token(q: Req):
             "workbench_url": f"{q.gw.config.server.base_url()}/{next(iter(q.gw.clerk_accounts), 'workbench')}/"}
 
 
+@route("POST", "/clerks/{clerk_id}/leave", roles=("admin", "store_manager"), body=LeaveIn)
+async def clerk_leave(q: Req):
+    """A clerk leaves: their customers go to the successor (or by the handover policy); nobody is lost."""
+    async with q.gw.db() as s:
+        clerk = await _clerk(s, q)
+        if clerk.status != "active":
+            raise ApiError(409, "conflict", "this clerk has already left")
+        successor = None
+        if q.body.successor_id is not None:
+            successor = await s.get(Clerk, q.body.successor_id)
+            if successor is None or successor.status != "active" or successor.id == clerk.id:
+                raise ApiError(422, "invalid", "the successor must be another active clerk", "successor_id")
+            q.scoped_store(successor.store_id)
+        now = q.gw.clock.now()
+        clerk.status, clerk.left_at = "left", now
+        # Still a member on the platforms until their org removes them: in-service transfers apply
+        # (an org event for a removed member hands over with the resigned APIs instead).
+        counts = await handover.hand_over(s, q.gw, clerk, now=now, successor=successor, resigned=False,
+                                          reason="left (admin)")
+        await s.commit()
+    q.gw.outbox.kick()
+    return {"clerk_id": clerk.id, "status": "left", "customers": dict(counts)}
+
+
 # -- customers ---------------------------------------------------------------------------------------
 
 
@@ -456,6 +488,30 @@ async def customer_get(q: Req):
     return {**_dump(c, tz), "identities": [_dump(i, tz) for i in idents],
             "bindings": [_dump(b, tz) for b in bindings], "history": [_dump(i, tz) for i in history],
             "unassigned": _dump(queued, tz) if queued else None}
+
+
+@route("POST", "/customers/{customer_id}/transfer", roles=("admin", "store_manager"), body=TransferIn)
+async def customer_transfer(q: Req):
+    """Give a customer another advisor (through the platform when it holds the contact)."""
+    async with q.gw.db() as s:
+        c = await s.get(Customer, q.param("customer_id"))
+        if c is None:
+            raise ApiError(404, "not_found", "no such customer")
+        q.scoped_store(c.store_id)
+        to = await s.get(Clerk, q.body.clerk_id)
+        if to is None or to.status != "active":
+            raise ApiError(422, "invalid", "no such active clerk", "clerk_id")
+        q.scoped_store(to.store_id)
+        current = await advisors.open_binding(s, c.id)
+        if current is None:
+            raise ApiError(409, "conflict", "the customer has no advisor to transfer from; bind them instead")
+        if current[1].id == to.id:
+            raise ApiError(409, "conflict", "already this clerk's customer")
+        outcome = await handover.hand_one(s, q.gw, current[0], c, current[1], to, now=q.gw.clock.now(),
+                                          resigned=False, reason="transfer (admin)")
+        await s.commit()
+    q.gw.outbox.kick()
+    return {"customer_id": c.id, "status": outcome}
 
 
 # -- invites -----------------------------------------------------------------------------------------

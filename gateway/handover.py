@@ -81,7 +81,7 @@ async def hand_over(session, gw: Gateway, clerk: Clerk, *, now: datetime, succes
             cid = min(load, key=lambda c: (load[c], c))
             receiver = await session.get(Clerk, cid)
             load[cid] += 1
-        outcome = await _hand_one(session, gw, binding, customer, clerk, receiver, now=now, resigned=resigned,
+        outcome = await hand_one(session, gw, binding, customer, clerk, receiver, now=now, resigned=resigned,
                                   reason=reason)
         counts[outcome] += 1
         if receiver is not None and outcome in ("moved", "transfer_requested"):
@@ -97,7 +97,7 @@ async def hand_over(session, gw: Gateway, clerk: Clerk, *, now: datetime, succes
     return counts
 
 
-async def _hand_one(session, gw: Gateway, binding: Binding, customer: Customer, clerk: Clerk, receiver: Clerk | None,
+async def hand_one(session, gw: Gateway, binding: Binding, customer: Customer, clerk: Clerk, receiver: Clerk | None,
                     *, now: datetime, resigned: bool, reason: str) -> str:
     base = {"from_clerk_id": clerk.id, "reason": reason, "binding_id": binding.id}
     if receiver is None:

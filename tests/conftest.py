@@ -167,3 +167,19 @@ async def make_world(gw: Gateway) -> World:
 @pytest.fixture
 async def world(gw) -> World:
     return await make_world(gw)
+
+
+async def wait_until(pred, timeout: float = 8.0) -> None:
+    """Poll `pred` (plain or returning an awaitable) until it is truthy; fail after `timeout` s."""
+    import inspect
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = pred()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("condition not met")

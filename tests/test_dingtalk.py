@@ -16,7 +16,7 @@ from gateway.app import create_app
 from gateway.model import Identity, Message, Target
 from gateway.models import ChatMessage, Clerk, InboundClaim, Outbox, QueueEntry
 from gateway.runtime import Gateway
-from tests.conftest import WEBCHAT_SECRET, make_config
+from tests.conftest import WEBCHAT_SECRET, make_config, wait_until
 
 STAFF = "manager7521"
 AES_KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
@@ -57,15 +57,6 @@ async def dt(sim, aiohttp_server, aiohttp_client, db_url, request):
         await s.commit()
     brand = BrandApp(client.session, str(client.make_url("")).rstrip("/"), "webchat", WEBCHAT_SECRET)
     return gw, client, brand, invite.code, clerk.id
-
-
-async def wait_until(pred, timeout=8.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await pred() if asyncio.iscoroutinefunction(pred) else pred():
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("condition not met")
 
 
 async def post_callback(client, headers, body, **params):

@@ -86,6 +86,7 @@ class WeComAdapter(Adapter):
         self.members = MemberWindow(config.member_per_minute, config.member_per_hour)
         self._tasks: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
+        self._ways: dict[str, str] = {}  # invite -> contact QR, until the invite row remembers it
 
     def capabilities(self) -> Capabilities:
         caps = super().capabilities()
@@ -279,6 +280,8 @@ class WeComAdapter(Adapter):
     async def _contact_qr(self, request: web.Request) -> web.StreamResponse:
         """The advisor's WeCom contact QR for an invite (`state` ties the scan to it), made once."""
         code = request.match_info["code"].lower()
+        if code in self._ways:
+            raise web.HTTPFound(self._ways[code])
         info = await self.host.query("invite_channel", code=code, account=self.account)
         if info is None:
             return error_response(404, "not_found", "no such invite")
@@ -290,6 +293,7 @@ class WeComAdapter(Adapter):
             data = await self.api.add_contact_way(info["user"], f"{events.STATE_PREFIX}{code}", remark=f"invite {code}")
         except (Retryable, Permanent) as e:
             return error_response(502, "upstream", str(e))
+        self._ways[code] = data["qr_code"]
         with contextlib.suppress(Exception):  # remembered for next time; a lost write costs one more way
             await self._submit_report({"type": "contact_way", "invite": code, "user": info["user"],
                                        "config_id": data.get("config_id"),

@@ -27,6 +27,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any, Literal
 
 from aiohttp import web
@@ -44,53 +45,25 @@ HTML_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n
             "</h1></center>\r\n<hr><center>stgw</center>\r\n</body>\r\n</html>\r\n")
 # errmsg text: the English one where an issue quotes a real answer, else doc 90313's description.
 ERRMSG = {
-    -1: "system busy",
-    40001: "invalid credential",  # doc 90313: 不合法的secret参数
-    40003: "invalid userid",  # doc 90313: 无效的UserID
-    40007: "invalid media_id",
-    40008: "invalid message type",
-    40013: "invalid corpid",
-    40014: "invalid access_token",
-    40056: "invalid agentid",
-    40058: "invalid Request Parameter",  # issue zero205/JD_tencent_scf#278
-    40096: "不合法的外部联系人userid",
-    40097: "该成员尚未离职",
-    40128: "客户转接过于频繁（90天内只允许转接一次，同一个客户最多只能转接两次）",
-    40129: "当前客户正在转接中",
-    40130: "原跟进人与接手人一样，不可继承",
-    40131: "handover_userid 并不是外部联系人的跟进人",
-    41001: "access_token missing",
-    41002: "corpid missing",
-    41004: "corpsecret missing",
-    41006: "media_id missing",
-    41009: "缺少userid参数",
-    41010: "缺少url参数",
-    41011: "agentid missing",
-    41016: "缺少title参数",
-    41033: "缺少 description 参数",
-    41035: "缺少外部联系人userid参数",
-    41037: "缺少「联系我」type参数",
-    41038: "缺少「联系我」scene参数",
-    41039: "无效的「联系我」type参数",
-    41040: "无效的「联系我」scene参数",
-    41041: "「联系我」使用人数超过限制",
-    41046: "缺少企业群发消息id",
-    41047: "无效的企业群发消息id",
-    41048: "无可发送的客户",
-    41049: "缺少欢迎语code参数",
-    41050: "无效的欢迎语code",
+    -1: "system busy", 40001: "invalid credential", 40003: "invalid userid", 40007: "invalid media_id",
+    40008: "invalid message type", 40013: "invalid corpid", 40014: "invalid access_token",
+    40056: "invalid agentid", 40058: "invalid Request Parameter",  # issue zero205/JD_tencent_scf#278
+    40096: "不合法的外部联系人userid", 40097: "该成员尚未离职",
+    40128: "客户转接过于频繁（90天内只允许转接一次，同一个客户最多只能转接两次）", 40129: "当前客户正在转接中",
+    40130: "原跟进人与接手人一样，不可继承", 40131: "handover_userid 并不是外部联系人的跟进人",
+    41001: "access_token missing", 41002: "corpid missing", 41004: "corpsecret missing",
+    41006: "media_id missing", 41009: "缺少userid参数", 41010: "缺少url参数", 41011: "agentid missing",
+    41016: "缺少title参数", 41033: "缺少 description 参数", 41035: "缺少外部联系人userid参数",
+    41037: "缺少「联系我」type参数", 41038: "缺少「联系我」scene参数", 41039: "无效的「联系我」type参数",
+    41040: "无效的「联系我」scene参数", 41041: "「联系我」使用人数超过限制", 41046: "缺少企业群发消息id",
+    41047: "无效的企业群发消息id", 41048: "无可发送的客户", 41049: "缺少欢迎语code参数", 41050: "无效的欢迎语code",
     41051: "externaluser has started chatting",  # doc 92599
-    41096: "another app is sending the welcome message",  # rules; not in doc 90313 copies (unconfirmed)
-    42001: "access_token expired",
-    44004: "empty content",  # doc 90313: 文本消息content参数为空
+    41096: "another app is sending the welcome message",  # rules; in no copy of doc 90313 (unconfirmed)
+    42001: "access_token expired", 44004: "empty content",
     45002: "content size out of limit",  # issue apache/dolphinscheduler#621
-    45008: "图文消息的文章数量不符合系统限制",
-    45009: "api freq out of limit",  # doc 90313: 接口调用超过限制
-    45033: "api concurrent out of limit",  # doc 90313: 接口并发调用超过限制
-    48002: "api forbidden",  # doc 90313: API接口无权限调用
-    81013: "user & party & tag all invalid",  # doc 90313: UserID、部门ID、标签ID全部非法或无权限
-    82001: "指定的成员/部门/标签全部为空",
-    84061: "not external contact",  # doc 90313: 不存在外部联系人的关系
+    45008: "图文消息的文章数量不符合系统限制", 45009: "api freq out of limit", 45033: "api concurrent out of limit",
+    48002: "api forbidden", 81013: "user & party & tag all invalid", 82001: "指定的成员/部门/标签全部为空",
+    84061: "not external contact",
     301002: "not allow operate another agent with this accesstoken",  # issue GentleCP/corpwechatbot#3
     610004: "userid不在客户联系配置的使用范围内",
 }
@@ -245,10 +218,11 @@ class WeComSimulator:
             ("POST", "/cgi-bin/externalcontact/send_welcome_msg", self._send_welcome_msg),
             ("POST", "/cgi-bin/externalcontact/add_msg_template", self._add_msg_template),
             ("POST", "/cgi-bin/externalcontact/get_groupmsg_send_result", self._groupmsg_send_result),
-            ("POST", "/cgi-bin/externalcontact/transfer_customer", self._transfer_in_service),
-            ("POST", "/cgi-bin/externalcontact/resigned/transfer_customer", self._transfer_resigned),
-            ("POST", "/cgi-bin/externalcontact/transfer_result", self._result_in_service),
-            ("POST", "/cgi-bin/externalcontact/resigned/transfer_result", self._result_resigned),
+            ("POST", "/cgi-bin/externalcontact/transfer_customer", partial(self._transfer, resigned=False)),
+            ("POST", "/cgi-bin/externalcontact/resigned/transfer_customer", partial(self._transfer, resigned=True)),
+            ("POST", "/cgi-bin/externalcontact/transfer_result", partial(self._transfer_result, kind="in_service")),
+            ("POST", "/cgi-bin/externalcontact/resigned/transfer_result",
+             partial(self._transfer_result, kind="resigned")),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
@@ -420,8 +394,8 @@ class WeComSimulator:
         if media_id not in self.media:
             raise ApiError(40007)
         data, content_type, name = self.media[media_id]
-        return web.Response(body=data, content_type=content_type,
-                            headers={"Content-disposition": f'attachment; filename="{name}"'})
+        return web.Response(body=data, headers={"Content-Type": content_type,
+                                                "Content-disposition": f'attachment; filename="{name}"'})
 
     def _app_payload(self, msgtype: str, raw: Any) -> dict:
         """Check one msgtype's fields (doc 90236); returns them as delivered (over-long parts truncated)."""
@@ -492,7 +466,10 @@ class WeComSimulator:
         # doc 90236: enable_duplicate_check - the same content is not received twice within the interval
         # (default 1800 s, at most 4 h); the call still succeeds
         dedupe = body.get("enable_duplicate_check") in (1, "1", True)
-        interval = min(int(body.get("duplicate_check_interval") or 1800), 4 * 3600)
+        try:
+            interval = min(int(body.get("duplicate_check_interval") or 1800), 4 * 3600)
+        except (TypeError, ValueError):
+            raise ApiError(40058, "duplicate_check_interval") from None
         for user in valid:
             entry = {"user": user, "msgtype": msgtype, "payload": payload, "at": now, "msgid": msgid}
             last = self._last_sent.get((user, content))
@@ -680,12 +657,6 @@ class WeComSimulator:
         return self._ok(send_list=[dict(r) for r in page], next_cursor=next_cursor)
 
     # ---- handover: in-service and resigned transfers (doc 96325 / 96331, rules) -------------------
-    async def _transfer_in_service(self, request: web.Request) -> web.Response:
-        return await self._transfer(request, resigned=False)
-
-    async def _transfer_resigned(self, request: web.Request) -> web.Response:
-        return await self._transfer(request, resigned=True)
-
     async def _transfer(self, request: web.Request, resigned: bool) -> web.Response:
         self._auth(request, "contact")
         body = await self._body(request)
@@ -734,12 +705,6 @@ class WeComSimulator:
         if not resigned and len(recent) >= self.transfer_max:  # which transfers count: unconfirmed
             return 40128
         return 0
-
-    async def _result_in_service(self, request: web.Request) -> web.Response:
-        return await self._transfer_result(request, "in_service")
-
-    async def _result_resigned(self, request: web.Request) -> web.Response:
-        return await self._transfer_result(request, "resigned")
 
     async def _transfer_result(self, request: web.Request, kind: str) -> web.Response:
         self._auth(request, "contact")
