@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from gateway import api
 from gateway.ingress import error_response
-from gateway.models import Invite
+from gateway.models import ClerkIdentity, Invite
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.http")
@@ -78,9 +78,14 @@ async def invite_landing(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     invite = await _invite(request)
     webchat = gw.config.accounts_of("webchat")
-    if not webchat:
-        raise web.HTTPNotFound(reason="no customer web channel is configured")
-    raise web.HTTPFound(f"/webchat/{webchat[0].name}/?invite={invite.code}")
+    if webchat:
+        raise web.HTTPFound(f"/webchat/{webchat[0].name}/?invite={invite.code}")
+    async with gw.db() as s:  # no web channel: the clerk's contact QR on a platform that has one (WeCom)
+        accounts = (await s.exec(select(ClerkIdentity.account).where(ClerkIdentity.clerk_id == invite.clerk_id))).all()
+    for url in (gw.contact_url(a, invite.code) for a in accounts):
+        if url:
+            raise web.HTTPFound(url)
+    raise web.HTTPNotFound(reason="no customer channel is configured for this invite")
 
 
 def qr_response(url: str, kind: str) -> web.Response:

@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("demo", help="scripted end-to-end story on the built-in simulators")
-    s.add_argument("--clerk-on", choices=["workbench", "dingtalk"], default="workbench",
-                   help="where the clerk works: the web workbench or (simulated) DingTalk")
+    s.add_argument("--clerk-on", choices=["workbench", "dingtalk", "wecom"], default="workbench",
+                   help="where the clerk works: the web workbench or (simulated) DingTalk / WeCom")
     s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("db", help="database maintenance")

@@ -2,13 +2,16 @@
 
 A store and a clerk are created through the admin API, a customer binds through an invite from the
 brand's app, they chat both ways, the customer opts out; then a summary table is printed. The
-clerk works in the web workbench, or with `--clerk-on dingtalk` in DingTalk (the DingTalk API
-simulator, with callbacks signed the real way). Any failed step makes the command exit non-zero.
+clerk works in the web workbench, or with `--clerk-on dingtalk|wecom` in DingTalk or WeCom (the
+platform's API simulator, with callbacks signed and encrypted the real way; on WeCom a WeChat user
+also adds the clerk through the invite's contact QR and gets the welcome). Any failed step makes
+the command exit non-zero.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 import sys
 import tempfile
@@ -72,7 +75,48 @@ class DingTalkClerk:
         raise StepFailed("the clerk's DingTalk received nothing matching in time")
 
 
-async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: str, dingtalk=None) -> dict:
+class WeComClerk(DingTalkClerk):
+    """The clerk on (simulated) WeCom: writes to the brand's app, reads the app messages they got."""
+
+    async def say(self, text: str) -> None:
+        query, body = self.sim.message_callback(self.user, text)
+        async with self.http.post(f"{self.server}/callbacks/wecom", params=query, data=body) as resp:
+            if resp.status != 200:
+                raise StepFailed(f"WeCom callback refused: {resp.status} {await resp.text()}")
+
+    async def wait_for(self, predicate, timeout: float = 5.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            mine = [m for m in self.sim.delivered if m["user"] == self.user]
+            for m in mine[self._seen:]:
+                self._seen += 1
+                item = {"text": m["payload"].get("content") or m["payload"].get("title") or "", "msg_key": m["msgtype"]}
+                if predicate(item):
+                    return item
+            await asyncio.sleep(0.05)
+        raise StepFailed("the clerk's WeCom received nothing matching in time")
+
+
+async def wechat_contact_scene(gw: Gateway, server: str, http: aiohttp.ClientSession, sim, code: str) -> None:
+    """A WeChat user scans the clerk's WeCom contact QR for the invite: bound, welcomed within 20 s."""
+    async with http.get(f"{server}/wecom/wecom/contact/{code}", allow_redirects=False) as resp:
+        if resp.status != 302:
+            raise StepFailed(f"contact QR: expected 302, got {resp.status}")
+    query, body = sim.add_external_contact("clerk001", "wmDemoCustomer2", state=f"gw:{code}", name="陈先生")
+    async with http.post(f"{server}/callbacks/wecom", params=query, data=body) as resp:
+        if resp.status != 200:
+            raise StepFailed(f"add_external_contact refused: {resp.status}")
+    deadline = time.monotonic() + 5
+    while not sim.welcomes.get("wmDemoCustomer2"):
+        if time.monotonic() > deadline:
+            raise StepFailed("no welcome reached the WeChat customer")
+        await asyncio.sleep(0.05)
+    text = sim.welcomes["wmDemoCustomer2"][0]["text"]["content"]
+    _step(8, f"WeChat user 陈先生 added the clerk by QR (state gw:{code}): bound; welcome: {text[:20]}…")
+
+
+async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: str, sim=None,
+                clerk_on: str = "workbench") -> dict:
     async with gw.db() as s:
         _, admin = await create_token(s, "admin", name="demo")
         await s.commit()
@@ -80,13 +124,13 @@ async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: s
     api = f"{server}/api/v1"
 
     store = await _expect(await http.post(f"{api}/stores", json={"name": "静安嘉里店", "city": "上海"}, headers=h), 201)
-    work_ids = {"dingtalk": "clerk001"} if dingtalk else {}
+    work_ids = {clerk_on: "clerk001"} if sim else {}
     clerk = await _expect(await http.post(f"{api}/clerks", headers=h, json={
         "name": "林小雨", "display_name": "小林", "store_id": store["id"], "work_ids": work_ids}), 201)
-    where = "DingTalk user clerk001" if dingtalk else "the web workbench"
+    where = f"{clerk_on} user clerk001" if sim else "the web workbench"
     _step(1, f"store #{store['id']} {store['name']} and clerk #{clerk['id']} {clerk['display_name']} ({where}) created")
-    if dingtalk:
-        wb = DingTalkClerk(dingtalk, http, server, "clerk001")
+    if sim:
+        wb = (WeComClerk if clerk_on == "wecom" else DingTalkClerk)(sim, http, server, "clerk001")
     else:
         token = (await _expect(await http.post(f"{api}/clerks/{clerk['id']}/token", headers=h), 201))["token"]
         wb = ClerkClient(http, server, token)
@@ -115,6 +159,8 @@ async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: s
     await customer.say("退订")
     await customer.wait_for(lambda m: "退订" in m["text"])
     _step(7, "customer replied 退订: opted out of promotions")
+    if clerk_on == "wecom":
+        await wechat_contact_scene(gw, server, http, sim, invite["code"])
 
     await asyncio.sleep(0.2)
     async with gw.db() as s:
@@ -152,6 +198,15 @@ async def main(clerk_on: str = "workbench") -> int:
         accounts = [{"name": "dingtalk", "platform": "dingtalk", "app_key": "demo-app-key",
                      "app_secret": sim.app_secret, "robot_code": "demo-robot", "agent_id": "1001",
                      "api_base": sim_url, "oapi_base": sim_url}]
+    elif clerk_on == "wecom":
+        from adapters.wecom.simulator import WeComSimulator
+
+        key = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")  # an EncodingAESKey: 43 chars
+        sim = WeComSimulator(corp_id="wwdemocorp0001", agent_id="1000002", secret=secrets.token_hex(16),
+                             token="demotoken", encoding_aes_key=key, members=["clerk001"])
+        sim_runner, sim_url = await _start(sim.app())
+        accounts = [{"name": "wecom", "platform": "wecom", "corp_id": "wwdemocorp0001", "agent_id": "1000002",
+                     "secret": sim.secret, "token": "demotoken", "encoding_aes_key": key, "api_base": sim_url}]
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'demo.db'}"
         secret = secrets.token_hex(16)
@@ -165,11 +220,12 @@ async def main(clerk_on: str = "workbench") -> int:
         gw = Gateway(cfg)
         runner, server = await _start(create_app(gw))
         cfg.server.public_url = server
-        clerk_side = "DingTalk (simulated API)" if sim else "web workbench"
+        clerk_side = {"dingtalk": "DingTalk", "wecom": "WeCom"}.get(clerk_on, "web workbench")
+        clerk_side += " (simulated API)" if sim else ""
         print(f"Advisor Gateway demo — in-process gateway at {server}, temporary SQLite, clerk on {clerk_side}\n")
         try:
             async with aiohttp.ClientSession() as http:
-                summary = await asyncio.wait_for(story(gw, server, http, secret, sim), 60)
+                summary = await asyncio.wait_for(story(gw, server, http, secret, sim, clerk_on), 60)
         except (StepFailed, TimeoutError) as e:
             print(f"\nDEMO FAILED: {e or 'a step timed out'}", file=sys.stderr)
             return 1

@@ -36,6 +36,8 @@ log = logging.getLogger("gateway.outbox")
 
 # Kinds that are marketing: opt-outs and (later) quiet hours and caps apply to them.
 PUSH_KINDS = frozenset({"push"})
+# Claim order: deadlines first (WeCom's 20 s welcome), then conversation, then bulk.
+PRIORITY = {"welcome": 2, "reply": 1, "notice": 1, "transfer": 1}
 
 
 def cap_period(cap: tuple[str, int | None], now: datetime, tz) -> tuple[datetime, int]:
@@ -121,6 +123,7 @@ class OutboxWorker:
                 target=target.to_dict(),
                 message=message.to_dict(),
                 kind=kind,
+                priority=PRIORITY.get(kind, 0),
                 status=status,
                 error_code=code,
                 last_error=why,
@@ -184,7 +187,7 @@ class OutboxWorker:
         pick = (
             select(Outbox.id)
             .where(due, Outbox.account.in_(list(self.gw.adapters)))
-            .order_by(Outbox.next_attempt_at, Outbox.id)
+            .order_by(Outbox.priority.desc(), Outbox.next_attempt_at, Outbox.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )

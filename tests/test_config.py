@@ -129,9 +129,24 @@ def test_example_dingtalk_block_is_valid_when_uncommented():
     import yaml
 
     text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
-    block = text[text.index("  # - name: dingtalk"):text.index("  # --- The WeCom")]
+    block = text[text.index("  # - name: dingtalk"):text.index("  # --- WeCom")]
     lines = [ln[4:] if ln.startswith("  # ") else "" for ln in block.splitlines()]
     acc = yaml.safe_load("\n".join(lines))[0]
     env = {"DINGTALK_APP_SECRET": "s", "DINGTALK_EVENT_TOKEN": "t", "DINGTALK_EVENT_AES_KEY": "a" * 43}
     cfg = build_config({"accounts": [acc]}, env=env)
     assert cfg.account("dingtalk").event_aes_key == "a" * 43
+
+
+def test_example_wecom_block_is_valid_when_uncommented():
+    import yaml
+
+    text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+    block = text[text.index("  # - name: wecom"):text.index("  # --- The WeChat Official Account")]
+    lines = [ln[4:] if ln.startswith("  # ") else "" for ln in block.splitlines()]
+    acc = yaml.safe_load("\n".join(lines))[0]
+    env = {"WECOM_SECRET": "s", "WECOM_CONTACT_SECRET": "c", "WECOM_TOKEN": "t", "WECOM_AES_KEY": "a" * 43}
+    cfg = build_config({"accounts": [acc]}, env=env)
+    assert cfg.account("wecom").push_cap == "month" and cfg.account("wecom").contact_secret == "c"
+    with pytest.raises(ConfigError) as e:
+        build_config({"accounts": [{**acc, "agent_id": "app-1", "encoding_aes_key": "short"}]}, env=env)
+    assert {"accounts[0].agent_id", "accounts[0].encoding_aes_key"} <= set(dict(e.value.problems))

@@ -12,4 +12,10 @@ async def test_demo_story_passes(capsys):
 async def test_demo_story_with_the_clerk_on_dingtalk(capsys):
     assert await main("dingtalk") == 0
     out = capsys.readouterr().out
-    assert "clerk on DingTalk" in out and "DingTalk user clerk001" in out and "All steps passed" in out
+    assert "clerk on DingTalk" in out and "dingtalk user clerk001" in out and "All steps passed" in out
+
+
+async def test_demo_story_with_the_clerk_on_wecom(capsys):
+    assert await main("wecom") == 0
+    out = capsys.readouterr().out
+    assert "clerk on WeCom" in out and "WeChat user 陈先生 added the clerk by QR" in out and "All steps passed" in out

@@ -244,3 +244,30 @@ async def test_lease_expiry_uses_the_injected_clock(gw, clock):
     (r,) = await w.claim(1)
     (row,) = await rows(gw)
     assert row.lease_until - clock.now() == timedelta(seconds=gw.config.outbox.lease_seconds)
+
+
+async def test_a_welcome_and_a_reply_are_claimed_before_an_earlier_campaign_backlog(gw, clock):
+    target = await customer(gw)
+    await enqueue(gw, target, n=5, kind="push", prefix="bulk")
+    clock.advance(seconds=1)
+    await enqueue(gw, target, kind="reply", prefix="chat")
+    await enqueue(gw, target, kind="welcome", prefix="hello")
+    first = await gw.outbox.claim(2)
+    assert {r.idem_key for r in first} == {"hello-0", "chat-0"}  # RETURNING order is not the claim order
+    assert [r.kind for r in await gw.outbox.claim(10)] == ["push"] * 5
+
+
+async def test_deferred_sends_wait_without_spending_attempts(gw, clock, monkeypatch):
+    from gateway.adapter import Deferred
+
+    target = await customer(gw)
+    [oid] = await enqueue(gw, target)
+    adapter = gw.adapters["webchat"]
+    monkeypatch.setattr(adapter, "send", Recorder([Deferred("cap", retry_after=30)] * (gw.config.outbox.max_attempts + 3)))
+    for _ in range(gw.config.outbox.max_attempts + 3):
+        [row] = await gw.outbox.claim(1)
+        assert await gw.outbox.deliver(row) == "pending"
+        clock.advance(seconds=31)
+    async with gw.db() as s:
+        r = await s.get(Outbox, oid)
+    assert r.status == "pending" and r.attempts == 0

@@ -456,3 +456,32 @@ async def test_in_service_transfers_stop_at_two_in_90_days(wc, sim):
         await s.commit()
     assert outcome == "queued" and sim.transfers == []
     assert await count(gw, Transfer) == 2
+
+
+def test_codec_splits_long_text_and_renders_cards():
+    from adapters.wecom import codec
+    from gateway.model import Segment
+
+    long = "好" * 1000  # 3,000 bytes
+    parts = codec.app_messages(Message.of_text(long))
+    assert [p["msgtype"] for p in parts] == ["text", "text"]
+    assert "".join(p["text"]["content"] for p in parts) == long
+    assert all(len(p["text"]["content"].encode()) <= 2048 for p in parts)
+    product = Segment("product", {"name": "羊绒大衣", "price": "1299.00", "url": "https://shop/x", "image_url": "https://i/x.jpg"})
+    msg = Message([Segment.text("新品"), product])
+    assert [p["msgtype"] for p in codec.app_messages(msg)] == ["text", "news"]
+    assert codec.app_messages(msg)[1]["news"]["articles"][0]["picurl"] == "https://i/x.jpg"
+    brief = codec.app_messages(msg, markdown=True)
+    assert brief == [{"msgtype": "markdown", "markdown": {"content": "新品\n\n[羊绒大衣](https://shop/x) ¥1299.00"}}]
+    content = codec.customer_content(msg)
+    assert content["text"] == {"content": "新品"} and content["attachments"][0]["link"]["url"] == "https://shop/x"
+
+
+async def test_qr_command_gives_a_wecom_clerk_their_contact_qr(wc, sim):
+    gw, client, _, invite, *_ = wc
+    query, body = sim.message_callback("zhangsan", "/qr")
+    assert (await client.post("/callbacks/wc", params=query, data=body)).status == 200
+    await wait_until(lambda: any("/wecom/wc/contact/" in t for t in texts_to(sim)))
+    url = next(t for t in texts_to(sim) if "/wecom/wc/contact/" in t).split("/wecom/wc/contact/")[1].split()[0]
+    resp = await client.get(f"/wecom/wc/contact/{url}", allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"].startswith("https://")

@@ -194,15 +194,15 @@ class WeComAdapter(Adapter):
 
     async def send(self, target, message, *, idem_key: str, kind: str = "reply") -> Receipt:
         if target.side == "clerk":
-            return await self._app_message(target.identity.external_id, message)
+            return await self._app_message(target.identity.external_id, message, markdown=kind == "brief")
         if kind == "welcome":
             return await self._welcome(target, message)
         if kind == "transfer":
             return await self._transfer(target, message)
         return await self._task(target, message)
 
-    async def _app_message(self, user: str, message) -> Receipt:
-        bodies = codec.app_messages(message)
+    async def _app_message(self, user: str, message, *, markdown: bool = False) -> Receipt:
+        bodies = codec.app_messages(message, markdown=markdown)
         now = self.host.clock.now().timestamp()
         # Count every part up front: a split message goes out whole or waits whole.
         for taken in range(len(bodies)):

@@ -36,8 +36,21 @@ def _article(seg: Segment) -> dict:
             "picurl": d.get("image_url", "")}
 
 
-def app_messages(message: Message) -> list[dict]:
-    """A clerk-bound message as one or more message/send bodies (without touser / agentid)."""
+def _markdown(seg: Segment) -> str:
+    d = seg.data
+    if seg.type in ("link", "product") and d.get("url"):
+        title = d.get("title") or d.get("name") or d["url"]
+        price = f" ¥{d['price']}" if d.get("price") else ""
+        return f"[{title}]({d['url']}){price}"
+    return seg.fallback_text()
+
+
+def app_messages(message: Message, *, markdown: bool = False) -> list[dict]:
+    """A clerk-bound message as one or more message/send bodies (without touser / agentid).
+    Briefs go as one markdown message (links inline); the rest as text, cards and news."""
+    if markdown:
+        text = "\n\n".join(_markdown(seg) for seg in message.segments)
+        return [{"msgtype": "markdown", "markdown": {"content": part}} for part in split_text(text)]
     out: list[dict] = []
     for seg in message.render(APP_SEGMENTS):
         if seg.type == "text":

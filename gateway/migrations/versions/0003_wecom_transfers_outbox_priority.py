@@ -1,8 +1,8 @@
-"""WeCom transfers and invite channel refs
+"""WeCom transfers, invite channel refs, outbox priority
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-26 07:32:13.066532
+Create Date: 2026-11-26 07:38:29.471525
 """
 
 from alembic import op
@@ -45,9 +45,17 @@ def upgrade() -> None:
     with op.batch_alter_table('invite', schema=None) as batch_op:
         batch_op.add_column(sa.Column('channel_refs', sa.JSON(), nullable=True))
 
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('priority', sa.Integer(), nullable=False, server_default='0'))
+        batch_op.create_index('ix_outbox_customer_kind', ['customer_id', 'kind', 'created_at'], unique=False)
+
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_customer_kind')
+        batch_op.drop_column('priority')
+
     with op.batch_alter_table('invite', schema=None) as batch_op:
         batch_op.drop_column('channel_refs')
 
