@@ -9,6 +9,7 @@ with load and no artificial delay is needed. A caller's await returns only after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -59,3 +60,55 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+
+class Coalescer:
+    """Concurrent calls with the same key become one platform call of up to `limit` items (an API
+    that takes many recipients at once). The first caller waits up to `window` seconds for others
+    to join, then makes the call; each caller gets its own item's result, or its exception."""
+
+    def __init__(self, call: Callable[[Any, list[Any]], Awaitable[list[Any]]], *, limit: int, window: float = 0.2):
+        self._call, self._limit, self._window = call, limit, window
+        self._open: dict[Any, tuple[list[tuple[Any, asyncio.Future]], asyncio.Event]] = {}
+        self.calls = 0
+
+    async def submit(self, key: Any, item: Any) -> Any:
+        if key in self._open:
+            group, full = self._open[key]
+            fut = asyncio.get_running_loop().create_future()
+            group.append((item, fut))
+            if len(group) >= self._limit:
+                del self._open[key]
+                full.set()
+            return self._unwrap(await fut)
+        group, full = [(item, None)], asyncio.Event()
+        self._open[key] = (group, full)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(full.wait(), self._window)
+        finally:
+            if self._open.get(key, (None,))[0] is group:
+                del self._open[key]
+        followers = [f for _, f in group[1:]]
+        try:
+            self.calls += 1
+            results = await self._call(key, [i for i, _ in group])
+        except asyncio.CancelledError:
+            for f in followers:
+                f.cancel()
+            raise
+        except Exception as e:  # noqa: BLE001 - every item of the call shares its failure
+            for f in followers:
+                if not f.done():
+                    f.set_exception(e)
+            raise
+        for f, r in zip(followers, results[1:], strict=True):
+            if not f.done():
+                f.set_result(r)
+        return self._unwrap(results[0])
+
+    @staticmethod
+    def _unwrap(result: Any) -> Any:
+        if isinstance(result, BaseException):
+            raise result
+        return result

@@ -357,6 +357,7 @@ async def test_resigned_clerks_customers_reach_a_colleague_after_transfer_result
     assert (await post(client, sim.delete_user("zhangsan"))).status == 200
     await wait_until(lambda: len(sim.transfers) == 2)
     assert all(t["handover_userid"] == "zhangsan" and t["takeover_userid"] == "lisi" for t in sim.transfers)
+    assert sim.calls["/cgi-bin/externalcontact/resigned/transfer_customer"] == 1  # both in one call (≤ 100)
     assert (await open_binding(gw, a)).clerk_id == lin  # nothing moves before WeCom says so
     assert await gw.adapters["wc"].poll_once() == 0  # still waiting
 
@@ -485,3 +486,30 @@ async def test_qr_command_gives_a_wecom_clerk_their_contact_qr(wc, sim):
     url = next(t for t in texts_to(sim) if "/wecom/wc/contact/" in t).split("/wecom/wc/contact/")[1].split()[0]
     resp = await client.get(f"/wecom/wc/contact/{url}", allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"].startswith("https://")
+
+
+
+async def test_a_push_to_several_contacts_of_one_clerk_is_one_task_to_confirm(wc, sim):
+    gw, client, _, invite, lin, _ = wc
+    cids = [await scan(gw, client, sim, f"wmMany{i}", invite) for i in range(3)]
+    async with gw.db() as s:
+        clerk = await s.get(Clerk, lin)
+        for cid in cids:
+            target = await advisors.customer_target(s, await s.get(Customer, cid), clerk)
+            await gw.outbox.enqueue(s, target, Message.of_text("周末会员日"), idem_key=f"many:{cid}", kind="push")
+        await s.commit()
+    gw.outbox.kick()
+    await wait_until(lambda: _all_sent(gw, "many:%", 3))
+    tasks = [t for t in sim.tasks.values() if "周末会员日" in t["text"]["content"]]
+    assert len(tasks) == 1 and sorted(tasks[0]["results"]) == ["wmMany0", "wmMany1", "wmMany2"]
+    sim.confirm_task(tasks[0]["msgid"])
+    assert await gw.adapters["wc"].poll_once() == 3
+    await wait_until(lambda: _n_is(gw, Interaction, 3, Interaction.type == "push_sent"))
+
+
+async def _all_sent(gw, pattern, n):
+    return await count(gw, Outbox, Outbox.idem_key.like(pattern), Outbox.status == "sent") == n
+
+
+async def _n_is(gw, model, n, *where):
+    return await count(gw, model, *where) == n

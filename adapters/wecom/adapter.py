@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import logging
 from collections import defaultdict, deque
 from datetime import datetime
@@ -35,6 +36,7 @@ from gateway.adapter import (
     RouteDef,
     register,
 )
+from gateway.batch import Coalescer
 from gateway.ingress import error_response
 
 log = logging.getLogger("gateway.wecom")
@@ -87,6 +89,10 @@ class WeComAdapter(Adapter):
         self._tasks: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
         self._ways: dict[str, str] = {}  # invite -> contact QR, until the invite row remembers it
+        # Sends that can share one call: a clerk's customers in one mass task (≤ 10,000, and the
+        # clerk confirms once), a handover's customers in one transfer call (≤ 100).
+        self.task_calls = Coalescer(self._task_call, limit=10_000)
+        self.transfer_calls = Coalescer(self._transfer_call, limit=100)
 
     def capabilities(self) -> Capabilities:
         caps = super().capabilities()
@@ -244,27 +250,38 @@ class WeComAdapter(Adapter):
         return content
 
     async def _task(self, target, message) -> Receipt:
-        """A mass-message task for one customer: WeCom sends it once the member confirms."""
+        """A mass-message task: WeCom sends it once the member confirms."""
         sender = target.hints.get("advisor")
         if not sender:
             raise Permanent("no WeCom member to send as (the advisor has no identity on this account)",
                             code="no_sender")
-        ext = target.identity.external_id
-        data = await self.api.add_msg_template(sender, [ext], self._content(message))
-        if ext in (data.get("fail_list") or []):
-            raise Permanent(f"{ext} is not a contact of {sender}", code="not_a_contact")
-        return Receipt(platform_msg_id=data.get("msgid"))
+        content = self._content(message)
+        key = (sender, json.dumps(content, ensure_ascii=False, sort_keys=True))
+        return await self.task_calls.submit(key, target.identity.external_id)
+
+    async def _task_call(self, key: tuple[str, str], external_ids: list[str]) -> list:
+        sender, content = key
+        data = await self.api.add_msg_template(sender, list(dict.fromkeys(external_ids)), json.loads(content))
+        failed = set(data.get("fail_list") or [])
+        return [Permanent(f"{ext} is not a contact of {sender}", code="not_a_contact") if ext in failed
+                else Receipt(platform_msg_id=data.get("msgid")) for ext in external_ids]
 
     async def _transfer(self, target, message) -> Receipt:
-        h, ext = target.hints, target.identity.external_id
-        text = message.plain_text[: codec.TRANSFER_MSG_LIMIT] or None
-        data = await self.api.transfer(h["handover"], h["takeover"], [ext], resigned=bool(h.get("resigned")),
+        h = target.hints
+        resigned = bool(h.get("resigned"))
+        text = None if resigned else (message.plain_text[: codec.TRANSFER_MSG_LIMIT] or None)
+        return await self.transfer_calls.submit((h["handover"], h["takeover"], resigned, text),
+                                                target.identity.external_id)
+
+    async def _transfer_call(self, key: tuple, external_ids: list[str]) -> list:
+        handover, takeover, resigned, text = key
+        data = await self.api.transfer(handover, takeover, list(dict.fromkeys(external_ids)), resigned=resigned,
                                        message=text)
-        for row in data.get("customer") or []:
-            if row.get("external_userid") == ext and row.get("errcode"):
-                raise Permanent(f"WeCom refused the transfer of {ext}: errcode {row['errcode']}",
-                                code=str(row["errcode"]))
-        return Receipt(platform_msg_id=f"transfer:{h['handover']}:{h['takeover']}")
+        refused = {row.get("external_userid"): row.get("errcode") for row in data.get("customer") or []
+                   if row.get("errcode")}
+        return [Permanent(f"WeCom refused the transfer of {ext}: errcode {refused[ext]}", code=str(refused[ext]))
+                if ext in refused else Receipt(platform_msg_id=f"transfer:{handover}:{takeover}")
+                for ext in external_ids]
 
     # -- routes ---------------------------------------------------------------------------------
 

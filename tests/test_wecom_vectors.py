@@ -1,0 +1,162 @@
+"""WeCom parsing against the plaintext XML WeCom documents (and sends), tagged with the expected Events.
+
+Each vector in tests/vectors/wecom names its source page. The XML goes through `xml_fields` exactly as
+the decrypted callback does in the adapter, then through `parse`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from adapters.wecom import events
+from gateway.adapter import BadRequest
+from gateway.model import Event
+
+VECTORS = sorted((Path(__file__).parent / "vectors" / "wecom").glob("*.json"))
+RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
+MEDIA = "http://gw.example/media/wc"
+
+
+def _raw(data: dict[str, str]) -> events.WeComRaw:
+    return events.WeComRaw("wc", "callback", data, RECEIVED, MEDIA)
+
+
+def _parse_xml(xml: str) -> list[Event]:
+    return events.parse(_raw(events.xml_fields(xml)))
+
+
+def _as_dict(e: Event) -> dict:
+    return {"type": e.type, "side": e.side, "sender": [e.sender.platform, e.sender.account, e.sender.external_id],
+            "dedupe_key": e.dedupe_key, "segments": [s.to_dict() for s in e.message.segments] if e.message else None,
+            "payload": e.payload, "profile": e.profile, "occurred_at": e.occurred_at.isoformat()}
+
+
+def test_there_are_vectors():
+    assert len(VECTORS) >= 18
+
+
+@pytest.mark.parametrize("path", VECTORS, ids=[p.stem for p in VECTORS])
+def test_parse_vector(path):
+    v = json.loads(path.read_text(encoding="utf-8"))
+    got = _parse_xml(v["xml"])
+    assert [_as_dict(e) for e in got] == v["expected"], v["name"]
+    assert not any(e.reply_required for e in got)  # WeCom callbacks are acknowledged first, processed after
+
+
+# --- malformed input -------------------------------------------------------------------------------
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE xml [
+ <!ENTITY lol "lol">
+ <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+ <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
+ <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
+ <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
+ <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
+ <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
+]>
+<xml><FromUserName>u</FromUserName><MsgType>text</MsgType><MsgId>1</MsgId><Content>&lol9;</Content></xml>"""
+
+EXTERNAL_ENTITY = """<?xml version="1.0"?>
+<!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<xml><FromUserName>u</FromUserName><MsgType>text</MsgType><MsgId>1</MsgId><Content>&xxe;</Content></xml>"""
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("", id="empty"),
+    pytest.param("<xml><MsgType>text</MsgType>", id="unclosed"),
+    pytest.param("<xml><MsgType>text</msgtype></xml>", id="mismatched-tag"),
+    pytest.param("not xml at all", id="not-xml"),
+    pytest.param(b"<xml><Content>\xff\xfe</Content></xml>", id="bad-utf8"),
+    pytest.param("<xml><Content>&undefined;</Content></xml>", id="undefined-entity"),
+    pytest.param('<!DOCTYPE xml [<!ENTITY a "b">]><xml><Content>&a;</Content></xml>', id="entity-declaration"),
+    pytest.param(BILLION_LAUGHS, id="billion-laughs"),
+    pytest.param(EXTERNAL_ENTITY, id="external-entity"),
+])
+def test_not_well_formed_or_entities_are_bad_requests(text):
+    with pytest.raises(BadRequest, match="not well-formed"):
+        events.xml_fields(text)
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("<root><MsgType>text</MsgType></root>", id="other-root"),
+    pytest.param("<xml/>", id="empty-root"),
+    pytest.param("<xml>just text</xml>", id="text-root"),
+])
+def test_no_xml_root_is_a_bad_request(text):
+    with pytest.raises(BadRequest, match="no <xml> root"):
+        events.xml_fields(text)
+
+
+def test_xml_fields_keeps_only_flat_text_fields():
+    fields = events.xml_fields("<xml><A><![CDATA[a]]></A><B><C>c</C></B><D><![CDATA[]]></D><E>1</E><E>2</E></xml>")
+    assert fields == {"A": "a"}
+
+
+def test_msg_type_missing():
+    with pytest.raises(BadRequest) as e:
+        _parse_xml("<xml><ToUserName><![CDATA[toUser]]></ToUserName><FromUserName><![CDATA[fromUser]]></FromUserName>"
+                   "<CreateTime>1348831860</CreateTime><Content><![CDATA[hi]]></Content><MsgId>1</MsgId></xml>")
+    assert e.value.field == "MsgType"
+
+
+def test_text_message_without_msg_id():
+    with pytest.raises(BadRequest) as e:
+        _parse_xml("<xml><ToUserName><![CDATA[toUser]]></ToUserName><FromUserName><![CDATA[fromUser]]></FromUserName>"
+                   "<CreateTime>1348831860</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+                   "<Content><![CDATA[this is a test]]></Content><AgentID>1</AgentID></xml>")
+    assert e.value.field == "MsgId"
+
+
+def test_add_external_contact_without_external_user_id():
+    with pytest.raises(BadRequest) as e:
+        _parse_xml("<xml><ToUserName><![CDATA[toUser]]></ToUserName><FromUserName><![CDATA[sys]]></FromUserName>"
+                   "<CreateTime>1403610513</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+                   "<Event><![CDATA[change_external_contact]]></Event>"
+                   "<ChangeType><![CDATA[add_external_contact]]></ChangeType><UserID><![CDATA[zhangsan]]></UserID>"
+                   "<State><![CDATA[gw:abc12345]]></State><WelcomeCode><![CDATA[WELCOMECODE]]></WelcomeCode></xml>")
+    assert e.value.field == "ExternalUserID"
+
+
+# --- property: parse never fails with anything but BadRequest ---------------------------------------
+
+KEYS = ("MsgType", "Event", "ChangeType", "MsgId", "FromUserName", "UserID", "ExternalUserID", "CreateTime",
+        "Content", "State", "WelcomeCode", "Source", "FailReason", "MediaId")
+# Per key, the values the parser branches on (so that random dicts reach every branch), arbitrary short
+# text, and digit strings (CreateTime is documented as an integer timestamp; 13 digits is a millisecond one).
+MEANINGFUL = {
+    "MsgType": ("text", "image", "voice", "video", "file", "location", "link", "event"),
+    "Event": ("change_external_contact", "change_contact", "enter_agent"),
+    "ChangeType": ("delete_user", "add_external_contact", "add_half_external_contact", "edit_external_contact",
+                   "del_external_contact", "del_follow_user", "transfer_fail"),
+    "FromUserName": ("sys",),
+    "State": ("gw:", "gw:abc12345"),
+    "Source": ("DELETE_BY_TRANSFER",),
+    "FailReason": ("customer_refused", "customer_limit_exceed"),
+}
+
+
+def _values(key: str) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(MEANINGFUL.get(key, ("",))), st.text(max_size=12),
+                     st.integers(0, 10**13 - 1).map(str))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.fixed_dictionaries({}, optional={k: _values(k) for k in KEYS}))
+@example({"MsgType": "event", "Event": "enter_agent", "FromUserName": "u", "CreateTime": "1700000000000"})  # ms, not s
+@example({"MsgType": "text", "MsgId": "1", "FromUserName": "u", "Content": "hi", "CreateTime": "\u00b2"})  # isdigit()
+def test_parse_returns_events_or_raises_bad_request(data):
+    try:
+        out = events.parse(_raw(data))
+    except BadRequest:
+        return
+    assert isinstance(out, list) and all(isinstance(e, Event) for e in out)
