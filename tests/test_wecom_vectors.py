@@ -146,8 +146,10 @@ MEANINGFUL = {
 
 
 def _values(key: str) -> st.SearchStrategy[str]:
-    return st.one_of(st.sampled_from(MEANINGFUL.get(key, ("",))), st.text(max_size=12),
-                     st.integers(0, 10**13 - 1).map(str))
+    digits, text = st.integers(0, 10**13 - 1).map(str), st.text(max_size=13)
+    if key == "CreateTime":
+        return st.one_of(digits, text)
+    return st.one_of(st.sampled_from(MEANINGFUL[key]), text) if key in MEANINGFUL else st.one_of(text, digits)
 
 
 @settings(max_examples=1000, deadline=None)
