@@ -146,7 +146,8 @@ MEANINGFUL = {
 
 
 def _values(key: str) -> st.SearchStrategy[str]:
-    digits, text = st.integers(0, 10**13 - 1).map(str), st.text(max_size=13)
+    digits = st.sampled_from(range(1, 14)).flatmap(lambda n: st.text("0123456789", min_size=n, max_size=n))
+    text = st.text(max_size=13)
     if key == "CreateTime":
         return st.one_of(digits, text)
     return st.one_of(st.sampled_from(MEANINGFUL[key]), text) if key in MEANINGFUL else st.one_of(text, digits)

@@ -52,7 +52,10 @@ def xml_fields(text: str | bytes, what: str = "body") -> dict[str, str]:
 
 def _time(d: dict, received_at: datetime) -> datetime:
     ts = d.get("CreateTime", "")
-    return datetime.fromtimestamp(int(ts), UTC) if ts.isdigit() else received_at
+    try:
+        return datetime.fromtimestamp(int(ts), UTC) if ts.isascii() and ts.isdigit() else received_at
+    except (OverflowError, OSError, ValueError):  # a timestamp no clock can show: use our own
+        return received_at
 
 
 def _need(d: dict, key: str) -> str:
