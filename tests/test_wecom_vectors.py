@@ -15,6 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from adapters.wecom import events
+from adapters.wxml import xml_fields
 from gateway.adapter import BadRequest
 from gateway.model import Event
 
@@ -28,7 +29,7 @@ def _raw(data: dict[str, str]) -> events.WeComRaw:
 
 
 def _parse_xml(xml: str) -> list[Event]:
-    return events.parse(_raw(events.xml_fields(xml)))
+    return events.parse(_raw(xml_fields(xml)))
 
 
 def _as_dict(e: Event) -> dict:
@@ -84,7 +85,7 @@ EXTERNAL_ENTITY = """<?xml version="1.0"?>
 ])
 def test_not_well_formed_or_entities_are_bad_requests(text):
     with pytest.raises(BadRequest, match="not well-formed"):
-        events.xml_fields(text)
+        xml_fields(text)
 
 
 @pytest.mark.parametrize("text", [
@@ -94,11 +95,11 @@ def test_not_well_formed_or_entities_are_bad_requests(text):
 ])
 def test_no_xml_root_is_a_bad_request(text):
     with pytest.raises(BadRequest, match="no <xml> root"):
-        events.xml_fields(text)
+        xml_fields(text)
 
 
 def test_xml_fields_keeps_only_flat_text_fields():
-    fields = events.xml_fields("<xml><A><![CDATA[a]]></A><B><C>c</C></B><D><![CDATA[]]></D><E>1</E><E>2</E></xml>")
+    fields = xml_fields("<xml><A><![CDATA[a]]></A><B><C>c</C></B><D><![CDATA[]]></D><E>1</E><E>2</E></xml>")
     assert fields == {"A": "a"}
 
 

@@ -25,6 +25,7 @@ from adapters.wecom import codec, events
 from adapters.wecom.api import WeComApi, WeComError
 from adapters.wecom.config import WeComConfig
 from adapters.wecom.crypto import CallbackCrypto
+from adapters.wxml import xml_fields
 from gateway.adapter import (
     Adapter,
     BadRequest,
@@ -131,11 +132,11 @@ class WeComAdapter(Adapter):
             return events.WeComRaw(self.account, "url_check", {}, now, echo=echo)
         if request.method != "POST":
             raise BadRequest("WeCom callbacks are GET or POST", status=405, code="method_not_allowed")
-        envelope = events.xml_fields(await read_body(request, self.host.max_body), "envelope")
+        envelope = xml_fields(await read_body(request, self.host.max_body), "envelope")
         if not envelope.get("Encrypt"):
             raise BadRequest("Encrypt is missing", field="Encrypt")
         plain = self.crypto.decrypt(sig, ts, nonce, envelope["Encrypt"])
-        return events.WeComRaw(self.account, "callback", events.xml_fields(plain, "message"), now, self.media_prefix)
+        return events.WeComRaw(self.account, "callback", xml_fields(plain, "message"), now, self.media_prefix)
 
     def parse(self, raw: events.WeComRaw):
         return events.parse(raw)

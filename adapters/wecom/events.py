@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import xmltodict
-
+from adapters.wxml import create_time
 from gateway.adapter import BadRequest
 from gateway.model import Event, Identity, Message, Segment
 
@@ -36,26 +35,6 @@ class WeComRaw:
     media_prefix: str = ""
     echo: str = ""  # url_check: the decrypted echostr to answer with
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def xml_fields(text: str | bytes, what: str = "body") -> dict[str, str]:
-    """A flat <xml> document to a dict of its text fields. Entities are refused (no expansion)."""
-    try:
-        doc = xmltodict.parse(text, disable_entities=True)
-    except Exception:  # noqa: BLE001 - ExpatError, entity declarations, bad encodings: all malformed
-        raise BadRequest(f"{what} is not well-formed XML") from None
-    root = doc.get("xml") if isinstance(doc, dict) else None
-    if not isinstance(root, dict):
-        raise BadRequest(f"{what} has no <xml> root")
-    return {k: v for k, v in root.items() if isinstance(v, str)}
-
-
-def _time(d: dict, received_at: datetime) -> datetime:
-    ts = d.get("CreateTime", "")
-    try:
-        return datetime.fromtimestamp(int(ts), UTC) if ts.isascii() and ts.isdigit() else received_at
-    except (OverflowError, OSError, ValueError):  # a timestamp no clock can show: use our own
-        return received_at
 
 
 def _need(d: dict, key: str) -> str:
@@ -102,7 +81,7 @@ def _message(raw: WeComRaw) -> list[Event]:
     segments = _segments(raw)
     if not segments:
         return []
-    return [Event("message", "clerk", Identity(PLATFORM, raw.account, user), f"msg:{msg_id}", _time(d, raw.received_at),
+    return [Event("message", "clerk", Identity(PLATFORM, raw.account, user), f"msg:{msg_id}", create_time(d, raw.received_at),
                   message=Message(segments), payload={"platform_msg_id": msg_id})]
 
 
@@ -134,7 +113,7 @@ def _contact_event(raw: WeComRaw, at: datetime, key: str) -> list[Event]:
 
 def _event(raw: WeComRaw) -> list[Event]:
     d = raw.data
-    at = _time(d, raw.received_at)
+    at = create_time(d, raw.received_at)
     event, sender = d.get("Event", ""), d.get("FromUserName", "")
     if sender == "sys" or event == "change_external_contact":
         key = ":".join(("evt", event, d.get("ChangeType", ""), d.get("UserID", ""), d.get("ExternalUserID", ""),
