@@ -50,9 +50,11 @@ class Deferred(Retryable):
 class Permanent(Exception):
     """A send that will never succeed as is; `code` keeps the platform's own error code."""
 
-    def __init__(self, message: str, *, code: str | None = None, hold: bool = False):
+    def __init__(self, message: str, *, code: str | None = None, hold: bool = False, fallback: bool = False):
         super().__init__(message)
-        self.code, self.hold = code, hold
+        # fallback: the customer cannot be reached here now (a closed reply window, unfollowed):
+        # the gateway tries their other channels and tells the clerk.
+        self.code, self.hold, self.fallback = code, hold, fallback
 
 
 @dataclass

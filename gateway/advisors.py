@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
@@ -44,14 +44,19 @@ async def resolve_customer(session, ident: Identity, profile: dict, now: datetim
             identity.profile = {**(identity.profile or {}), **profile}
         if profile.get("unionid") and identity.unionid != profile["unionid"]:
             identity.unionid = profile["unionid"]
+            other = await _by_unionid(session, identity.unionid, not_customer=customer.id)
+            if other is not None:  # the same person reached us before on another channel
+                keep, gone = (other, customer) if other.id < customer.id else (customer, other)
+                customer = await merge_customers(session, keep, gone, now, "same unionid")
         if name and not customer.name and customer.erased_at is None:
             customer.name = name
         if customer.last_identity_id != identity.id:
             customer.last_identity_id = identity.id
         return customer, identity
+    known = await _by_unionid(session, profile["unionid"]) if profile.get("unionid") else None
     try:
         async with session.begin_nested():
-            customer = Customer(name=name, created_at=now)
+            customer = known or Customer(name=name, created_at=now)
             session.add(customer)
             await session.flush()
             identity = IdentityRow(
@@ -112,8 +117,7 @@ async def clerk_target(session, clerk: Clerk, clerk_accounts: dict[str, str]) ->
 
 
 async def customer_target(session, customer: Customer, clerk: Clerk | None = None) -> Target | None:
-    """The customer's channel: the identity they last wrote from. With the advisor given, their id
-    on that same account rides along as the `advisor` hint (WeCom sends to a contact as a member)."""
+    """The customer's channel: the identity they last wrote from."""
     ident = await session.get(IdentityRow, customer.last_identity_id) if customer.last_identity_id else None
     if ident is None:
         ident = (
@@ -121,8 +125,12 @@ async def customer_target(session, customer: Customer, clerk: Clerk | None = Non
                 select(IdentityRow).where(IdentityRow.customer_id == customer.id).order_by(IdentityRow.id.desc())
             )
         ).first()
-    if ident is None:
-        return None
+    return await target_for(session, customer, ident, clerk) if ident is not None else None
+
+
+async def target_for(session, customer: Customer, ident: IdentityRow, clerk: Clerk | None = None) -> Target:
+    """A target on one of the customer's identities. With the advisor given, their id on that same
+    account rides along as the `advisor` hint (WeCom sends to a contact as a member)."""
     hints = {}
     if clerk is not None:
         own = (await session.exec(select(ClerkIdentity.external_id).where(
@@ -268,3 +276,48 @@ async def clerk_customers(session, clerk_id: int, limit: int = 500) -> list[tupl
         .limit(limit)
     )
     return list((await session.exec(q)).all())
+
+
+async def merge_customers(session, keep: Customer, gone: Customer, now: datetime, why: str) -> Customer:
+    """One person, two records (the same unionid reached us on two channels): everything of `gone`
+    moves to `keep` — identities, messages, interactions, bindings — so both histories read as one.
+    The advisor who served first stays; the other open binding ends now with reason "merged"."""
+    from gateway.interactions import log_interaction
+    from gateway.models import ChatMessage, Interaction, Outbox, Transfer
+
+    kb, gb = await open_binding(session, keep.id), await open_binding(session, gone.id)
+    if kb and gb:
+        loser = gb[0] if kb[0].valid_from <= gb[0].valid_from else kb[0]
+        await close_binding(session, loser, now, "merged")
+    keep_handles = set((await session.exec(select(Handle.clerk_id).where(Handle.customer_id == keep.id))).all())
+    if keep_handles:
+        await session.execute(delete(Handle).where(Handle.customer_id == gone.id, Handle.clerk_id.in_(keep_handles)))
+    if (await session.exec(select(QueueEntry.id).where(QueueEntry.customer_id == keep.id,
+                                                       QueueEntry.resolved_at.is_(None)))).first():
+        await session.execute(update(QueueEntry).where(QueueEntry.customer_id == gone.id,
+                                                       QueueEntry.resolved_at.is_(None)).values(resolved_at=now))
+    for model in (IdentityRow, Binding, Handle, QueueEntry, ChatMessage, Interaction, Outbox, Transfer):
+        await session.execute(update(model).where(model.customer_id == gone.id).values(customer_id=keep.id))
+    await session.execute(update(Clerk).where(Clerk.current_customer_id == gone.id).values(current_customer_id=keep.id))
+    keep.name = keep.name or gone.name
+    keep.phone_hash = keep.phone_hash or gone.phone_hash
+    keep.store_id = keep.store_id or gone.store_id
+    keep.tags = sorted(set(keep.tags or []) | set(gone.tags or [])) or None
+    if gone.consent_at and (keep.consent_at is None or gone.consent_at < keep.consent_at):
+        keep.consent_at, keep.consent_version = gone.consent_at, gone.consent_version
+    if gone.opted_out_at and not keep.opted_out_at:  # an opt-out on either channel stands
+        keep.opted_out_at = gone.opted_out_at
+    keep.last_identity_id = keep.last_identity_id or gone.last_identity_id
+    gone.merged_into_id, gone.last_identity_id = keep.id, None
+    await session.flush()
+    await log_interaction(session, "merged", occurred_at=now, customer_id=keep.id,
+                          payload={"merged_customer_id": gone.id, "why": why})
+    return keep
+
+
+async def _by_unionid(session, unionid: str, not_customer: int | None = None) -> Customer | None:
+    q = (select(Customer).join(IdentityRow, IdentityRow.customer_id == Customer.id)
+         .where(IdentityRow.unionid == unionid, Customer.merged_into_id.is_(None)))
+    if not_customer is not None:
+        q = q.where(Customer.id != not_customer)
+    return (await session.exec(q.order_by(Customer.id))).first()

@@ -23,6 +23,9 @@ async def resolve_parties(ctx: Ctx, nxt: Next) -> Any:
     s = ctx.session
     if ev.side == "customer":
         ctx.customer, ctx.identity = await advisors.resolve_customer(s, ev.sender, ev.profile, ctx.now())
+        window = ev.payload.get("window")  # this event opened the platform's reply window
+        if window and (ctx.identity.window_at is None or ev.occurred_at >= ctx.identity.window_at):
+            ctx.identity.window_at, ctx.identity.window_kind = ev.occurred_at, window
         bound = await advisors.open_binding(s, ctx.customer.id)
         if bound is not None:
             ctx.binding, ctx.clerk = bound

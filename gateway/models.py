@@ -71,6 +71,7 @@ class Customer(SQLModel, table=True):
     consent_version: str | None = Field(default=None, max_length=32)
     erased_at: datetime | None = _ts(nullable=True)
     last_identity_id: int | None = Field(default=None)
+    merged_into_id: int | None = Field(default=None)  # set when this record was merged into another customer
     created_at: datetime = _ts()
 
 
@@ -87,6 +88,10 @@ class Identity(SQLModel, table=True):
     profile: dict | None = Field(default=None, sa_type=JSON)
     created_at: datetime = _ts()
     last_seen_at: datetime | None = _ts(nullable=True)
+    # The platform's reply window (Official Account customer-service messages): opened by the
+    # customer's last message ("message") or a follow / scan / menu click ("event").
+    window_at: datetime | None = _ts(nullable=True)
+    window_kind: str | None = Field(default=None, max_length=16)
 
 
 class Invite(SQLModel, table=True):

@@ -69,6 +69,7 @@ class OutboxWorker:
         self._sent = Batcher(self._record_sent, name="outbox-sent")
         # kind -> coroutine(session, row, error) run in the transaction that records a dead or held row
         self.on_failed: dict[str, Callable[..., Awaitable[None]]] = {}
+        self.on_unreachable: Callable[..., Awaitable[None]] | None = None  # (session, row, code, error)
         self.sent = 0  # counters for tests, metrics and benchmarks
         self.failed = 0
 
@@ -215,23 +216,25 @@ class OutboxWorker:
         message = Message.from_dict(row.message)
         message.ref = {"id": row.message_id, "created_at": row.created_at.isoformat()}
         target = Target.from_dict(row.target)
-        try:
-            async with self._peer_lock(row.account, target.identity.external_id):
+        async with self._peer_lock(row.account, target.identity.external_id):
+            try:
                 await self.limiter(row.account).acquire()  # spend the platform's cap on the send itself
                 receipt = await adapter.send(target, message, idem_key=row.idem_key, kind=row.kind)
-        except Deferred as e:
-            return await self._retry(row, str(e), e.retry_after, spend_attempt=False)
-        except Retryable as e:
-            return await self._retry(row, str(e), e.retry_after)
-        except Permanent as e:
-            return await self._finish(row, "held" if e.hold else "dead", error=str(e), code=e.code)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # an adapter bug or a network fault we did not classify: retry, loudly
-            log.exception("outbox send %s failed unexpectedly", row.id)
-            return await self._retry(row, f"{type(e).__name__}: {e}", None)
-        if not await self._sent.submit((row, receipt)):
-            return "lost_lease"  # another worker took the row over after our lease ran out
+            except Deferred as e:
+                return await self._retry(row, str(e), e.retry_after, spend_attempt=False)
+            except Retryable as e:
+                return await self._retry(row, str(e), e.retry_after)
+            except Permanent as e:
+                return await self._finish(row, "held" if e.hold else "dead", error=str(e), code=e.code,
+                                          fallback=e.fallback)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # an adapter bug or a network fault we did not classify: retry, loudly
+                log.exception("outbox send %s failed unexpectedly", row.id)
+                return await self._retry(row, f"{type(e).__name__}: {e}", None)
+            # Recorded before the peer's next send: platforms that count sends per window read it.
+            if not await self._sent.submit((row, receipt)):
+                return "lost_lease"  # another worker took the row over after our lease ran out
         self.sent += 1
         return "sent"
 
@@ -300,7 +303,7 @@ class OutboxWorker:
             await s.commit()
         return "pending"
 
-    async def _finish(self, row, status: str, *, error=None, code=None) -> str:
+    async def _finish(self, row, status: str, *, error=None, code=None, fallback: bool = False) -> str:
         """Record a failure (dead or held); successes go through the group commit instead."""
         msg_status = "held" if status == "held" else "failed"
         async with self.gw.db() as s:
@@ -322,6 +325,8 @@ class OutboxWorker:
                 )
             if row.kind in self.on_failed:  # the domain's answer to an operation that will not happen
                 await self.on_failed[row.kind](s, row, error)
+            if fallback and self.on_unreachable is not None:  # other channels, and the clerk told
+                await self.on_unreachable(s, row, code, error)
             await s.commit()
         self.failed += 1
         return status

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots import root_router
-from gateway import advisors, handover
+from gateway import advisors, fallback, handover
 from gateway.adapter import Adapter, adapter_class
 from gateway.clock import Clock
 from gateway.config import Config
@@ -64,6 +64,7 @@ class Gateway:
         self.ingress = Ingress(self)
         self.outbox = OutboxWorker(self)
         self.outbox.on_failed["transfer"] = lambda s, row, error: handover.transfer_not_sent(s, self, row, error)
+        self.outbox.on_unreachable = lambda s, row, code, error: fallback.reroute(s, self, row, code, error)
         self._tokens: dict[str, tuple[float, Principal | None]] = {}
         self.started = False
 
@@ -241,6 +242,25 @@ class Gateway:
         for handover_user, takeover_user, resigned, ext in rows:
             groups.setdefault((handover_user, takeover_user, bool(resigned)), []).append(ext)
         return [{"handover": h, "takeover": t, "resigned": r, "external_ids": ids} for (h, t, r), ids in groups.items()]
+
+    async def _q_reply_window(self, identity: Identity) -> dict | None:
+        """When the customer last opened this channel's reply window, how, and how many messages
+        have been sent to them on it since (platforms that count replies per window)."""
+        async with self.db() as s:
+            row = (await s.execute(
+                select(IdentityRow.window_at, IdentityRow.window_kind)
+                .where(IdentityRow.platform == identity.platform, IdentityRow.account == identity.account,
+                       IdentityRow.external_id == identity.external_id)
+            )).first()
+            if row is None or row[0] is None:
+                return None
+            sent = (await s.execute(
+                select(func.count(ChatMessage.id))
+                .where(ChatMessage.account == identity.account, ChatMessage.peer_id == identity.external_id,
+                       ChatMessage.direction == "out", ChatMessage.status.in_(("sent", "delivered")),
+                       ChatMessage.sent_at >= row[0])
+            )).scalar_one()
+        return {"opened_at": row[0], "kind": row[1], "sent": sent}
 
     # -- helpers for bots ----------------------------------------------------------------------
 

@@ -50,9 +50,9 @@ class WebchatAdapter(Adapter):
     def _now(self) -> int:
         return int(self.host.clock.now().timestamp())
 
-    def _issue(self, user_id: str, name: str | None) -> web.Response:
+    def _issue(self, user_id: str, name: str | None, unionid: str | None = None) -> web.Response:
         expires = self._now() + self.config.session_ttl
-        token = crypto.issue_token(self.config.secret, user_id, name, expires)
+        token = crypto.issue_token(self.config.secret, user_id, name, expires, unionid)
         return web.json_response({"token": token, "expires_at": expires, "user_id": user_id})
 
     @staticmethod
@@ -75,13 +75,16 @@ class WebchatAdapter(Adapter):
                 raise BadRequest("ts must be a unix timestamp in seconds", field="ts")
             if not isinstance(sig, str):
                 raise BadRequest("sig must be a hex string", field="sig")
+            unionid = body.get("unionid")
+            if unionid is not None and (not isinstance(unionid, str) or not 1 <= len(unionid) <= 128):
+                raise BadRequest("unionid must be a string of 1..128 characters", field="unionid")
         except BadRequest as e:
             return error_response(e.status, e.code, str(e), e.field)
         if abs(self._now() - ts) > self.config.ts_window:
             return error_response(401, "unauthorized", "ts is outside the allowed window")
-        if not crypto.check_session_sig(self.config.secret, user_id, ts, sig):
+        if not crypto.check_session_sig(self.config.secret, user_id, ts, sig, unionid):
             return error_response(401, "unauthorized", "bad signature")
-        return self._issue(user_id, name)
+        return self._issue(user_id, name, unionid)
 
     async def _dev_session(self, request: web.Request) -> web.Response:
         if not self.config.dev_login:
@@ -108,7 +111,7 @@ class WebchatAdapter(Adapter):
         body = await read_json(request, self.host.max_body)
         kind = "bind" if request.path.endswith("/bind") else "message"
         return events.WebchatRaw(self.account, kind, claims["u"], claims.get("n"), body,
-                                 self.host.clock.now(), uuid.uuid4().hex, self.config.max_text)
+                                 self.host.clock.now(), uuid.uuid4().hex, self.config.max_text, claims.get("x"))
 
     def parse(self, raw: events.WebchatRaw):
         return events.parse(raw)

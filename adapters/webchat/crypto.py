@@ -8,13 +8,16 @@ import hmac
 import json
 
 
-def session_sig(secret: str, user_id: str, ts: int | str) -> str:
-    """What the brand's app backend computes: hex(HMAC-SHA256(secret, f"{user_id}.{ts}"))."""
-    return hmac.new(secret.encode(), f"{user_id}.{ts}".encode(), hashlib.sha256).hexdigest()
+def session_sig(secret: str, user_id: str, ts: int | str, unionid: str | None = None) -> str:
+    """What the brand's app backend computes: hex(HMAC-SHA256(secret, f"{user_id}.{ts}")), or over
+    f"{user_id}.{ts}.{unionid}" when it vouches for the user's WeChat unionid (mini-program logins
+    have one): the gateway then treats them as the same customer as on its other WeChat channels."""
+    msg = f"{user_id}.{ts}" if unionid is None else f"{user_id}.{ts}.{unionid}"
+    return hmac.new(secret.encode(), msg.encode(), hashlib.sha256).hexdigest()
 
 
-def check_session_sig(secret: str, user_id: str, ts: int, sig: str) -> bool:
-    return hmac.compare_digest(session_sig(secret, user_id, ts), sig.lower())
+def check_session_sig(secret: str, user_id: str, ts: int, sig: str, unionid: str | None = None) -> bool:
+    return hmac.compare_digest(session_sig(secret, user_id, ts, unionid), sig.lower())
 
 
 def _token_key(secret: str) -> bytes:
@@ -30,8 +33,9 @@ def _unb64(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
-def issue_token(secret: str, user_id: str, name: str | None, expires: int) -> str:
-    body = _b64(json.dumps({"u": user_id, "n": name, "e": expires}, ensure_ascii=False, separators=(",", ":")).encode())
+def issue_token(secret: str, user_id: str, name: str | None, expires: int, unionid: str | None = None) -> str:
+    claims = {"u": user_id, "n": name, "e": expires, **({"x": unionid} if unionid else {})}
+    body = _b64(json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode())
     mac = _b64(hmac.new(_token_key(secret), body.encode(), hashlib.sha256).digest())
     return f"{body}.{mac}"
 

@@ -22,11 +22,12 @@ class WebchatRaw:
     received_at: datetime
     request_id: str
     max_text: int = 4000
+    unionid: str | None = None  # vouched for by the brand's backend in the signed session
 
 
 def parse(raw: WebchatRaw) -> list[Event]:
     sender = Identity(PLATFORM, raw.account, raw.user_id)
-    profile = {"name": raw.name} if raw.name else {}
+    profile = {k: v for k, v in (("name", raw.name), ("unionid", raw.unionid)) if v}
     if raw.kind == "message":
         message, client_msg_id = parse_message_body(raw.body, raw.max_text)
         return [Event("message", "customer", sender, f"msg:{raw.user_id}:{client_msg_id}", raw.received_at,

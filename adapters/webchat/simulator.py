@@ -37,12 +37,13 @@ class BrandApp:
     def __init__(self, http: aiohttp.ClientSession, server: str, account: str, secret: str):
         self.http, self.base, self.secret = http, f"{server.rstrip('/')}/webchat/{account}", secret
 
-    def signed(self, user_id: str, ts: int | None = None) -> dict:
+    def signed(self, user_id: str, ts: int | None = None, unionid: str | None = None) -> dict:
         ts = int(time.time()) if ts is None else ts
-        return {"user_id": user_id, "ts": ts, "sig": session_sig(self.secret, user_id, ts)}
+        extra = {"unionid": unionid} if unionid else {}
+        return {"user_id": user_id, "ts": ts, "sig": session_sig(self.secret, user_id, ts, unionid), **extra}
 
-    async def login(self, user_id: str, name: str | None = None) -> CustomerClient:
-        body = {**self.signed(user_id), **({"name": name} if name else {})}
+    async def login(self, user_id: str, name: str | None = None, *, unionid: str | None = None) -> CustomerClient:
+        body = {**self.signed(user_id, unionid=unionid), **({"name": name} if name else {})}
         async with self.http.post(f"{self.base}/session", json=body) as resp:
             data = await resp.json()
             if resp.status != 200:
