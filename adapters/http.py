@@ -95,6 +95,21 @@ class ApiClient:
             raise Retryable(f"network: {type(e).__name__}: {e}") from None
 
 
+    async def download(self, url: str, params: dict, check) -> tuple[bytes, str]:
+        """A file the platform serves as bytes; a JSON answer is an error, handed to `check`."""
+        await self.start()
+        try:
+            async with self._http.get(url, params=params) as resp:
+                body = await resp.read()
+                if resp.status >= 500:
+                    raise Retryable(f"{self.name} HTTP {resp.status}")
+                if resp.content_type in ("application/json", "text/plain"):
+                    check(json.loads(body or b"{}"))
+                return body, resp.content_type
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise Retryable(f"network: {type(e).__name__}: {e}") from None
+
+
 def _retry_after(resp: aiohttp.ClientResponse) -> float:
     try:
         return float(resp.headers.get("Retry-After", "1"))

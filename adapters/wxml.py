@@ -28,3 +28,15 @@ def create_time(d: dict, fallback: datetime) -> datetime:
         return datetime.fromtimestamp(int(ts), UTC) if ts.isascii() and ts.isdigit() else fallback
     except (OverflowError, OSError, ValueError):  # a timestamp no clock can show: use our own
         return fallback
+
+
+def split_text(text: str, limit: int = 2048) -> list[str]:
+    """Chunks of at most `limit` UTF-8 bytes, cut at line ends where possible, never inside a character."""
+    out: list[str] = []
+    while len(text.encode()) > limit:
+        cut = len(text.encode()[:limit].decode("utf-8", "ignore"))
+        nl = text.rfind("\n", 0, cut)
+        cut = nl + 1 if nl > cut // 2 else cut
+        out.append(text[:cut])
+        text = text[cut:]
+    return [*out, text] if text else out

@@ -6,7 +6,7 @@ from sqlmodel import select
 
 from gateway import advisors
 from gateway.model import Message, Segment
-from gateway.models import ClerkIdentity, Invite
+from gateway.models import Invite
 from gateway.router import Ctx, Router, text_match
 
 router = Router("commands")
@@ -49,10 +49,8 @@ async def qr(ctx: Ctx):
                      .order_by(Invite.id))
     ).first() or await advisors.create_invite(s, clerk.id, source="qr")
     url = ctx.gw.invite_url(invite.code)
-    # Platforms where customers add the clerk as a contact (WeCom) have their own QR per invite.
-    accounts = (await s.exec(select(ClerkIdentity.account).where(ClerkIdentity.clerk_id == clerk.id))).all()
-    contacts = [u for u in (ctx.gw.contact_url(a, invite.code) for a in accounts) if u]
-    extra = "".join(f"\n微信扫码加您为好友并绑定 (WeChat contact QR)：\n{u}" for u in contacts)
+    labels = {"wecom": "微信扫码加您为好友并绑定 (WeChat contact QR)", "wechat_mp": "微信扫码关注公众号并绑定 (Official Account QR)"}
+    extra = "".join(f"\n{labels.get(p, p)}：\n{u}" for p, u in await ctx.gw.contact_urls(s, clerk.id, invite.code))
     await ctx.send(
         ctx.reply_target(),
         Message([Segment.text(f"您的专属邀请码 {invite.code}\n顾客扫码或打开链接即可绑定您为专属顾问：\n{url}{extra}"),

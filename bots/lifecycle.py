@@ -60,6 +60,6 @@ async def contact_way(ctx: Ctx):
     invite = (await ctx.session.exec(select(Invite).where(Invite.code == p["invite"]))).first()
     if invite is not None and p.get("qr_code"):
         refs = dict(invite.channel_refs or {})
-        refs[ctx.event.sender.account] = {"config_id": p.get("config_id"), "qr_code": p["qr_code"]}
+        refs[ctx.event.sender.account] = {k: p[k] for k in ("config_id", "qr_code", "expires_at") if p.get(k)}
         invite.channel_refs = refs
     return None

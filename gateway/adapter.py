@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from gateway.model import Event, Identity, Message, Target
 
-BUILTIN_ADAPTERS = ("adapters.webchat", "adapters.workbench", "adapters.dingtalk", "adapters.wecom")
+BUILTIN_ADAPTERS = ("adapters.webchat", "adapters.workbench", "adapters.dingtalk", "adapters.wecom",
+                    "adapters.wechat_mp")
 
 
 class Unauthorized(Exception):

@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from gateway import api
 from gateway.ingress import error_response
-from gateway.models import ClerkIdentity, Invite
+from gateway.models import Invite
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.http")
@@ -80,11 +80,10 @@ async def invite_landing(request: web.Request) -> web.StreamResponse:
     webchat = gw.config.accounts_of("webchat")
     if webchat:
         raise web.HTTPFound(f"/webchat/{webchat[0].name}/?invite={invite.code}")
-    async with gw.db() as s:  # no web channel: the clerk's contact QR on a platform that has one (WeCom)
-        accounts = (await s.exec(select(ClerkIdentity.account).where(ClerkIdentity.clerk_id == invite.clerk_id))).all()
-    for url in (gw.contact_url(a, invite.code) for a in accounts):
-        if url:
-            raise web.HTTPFound(url)
+    async with gw.db() as s:  # no web channel: the Official Account's QR, else the clerk's WeCom contact
+        urls = await gw.contact_urls(s, invite.clerk_id, invite.code)
+    if urls:
+        raise web.HTTPFound(urls[0][1])
     raise web.HTTPNotFound(reason="no customer channel is configured for this invite")
 
 

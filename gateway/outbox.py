@@ -208,7 +208,9 @@ class OutboxWorker:
         async with self.gw.db() as s:
             rows = (await s.execute(stmt)).all()
             await s.commit()
-        return rows
+        # RETURNING comes in no particular order; sends start (and take their peer's lock) in
+        # enqueue order, so a peer's messages go out in the order they were made.
+        return sorted(rows, key=lambda r: r.id)
 
     async def deliver(self, row) -> str:
         """Send one claimed row and record the outcome. Returns the new status."""

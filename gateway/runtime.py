@@ -270,7 +270,11 @@ class Gateway:
     def invite_url(self, code: str) -> str:
         return f"{self.config.server.base_url()}/i/{code}"
 
-    def contact_url(self, account: str, code: str) -> str | None:
-        """Where a customer adds this invite's clerk on a platform that holds contacts (WeCom), if any."""
-        adapter = self.adapters.get(account)
-        return adapter.contact_url(code) if adapter is not None else None
+    async def contact_urls(self, session, clerk_id: int, code: str) -> list[tuple[str, str]]:
+        """(platform, URL) where a customer binds through this invite besides the web page: the
+        customer-side platforms' QR codes (Official Account) and the clerk's own contact QR on
+        platforms that hold contacts (WeCom)."""
+        own = (await session.execute(select(ClerkIdentity.account).where(ClerkIdentity.clerk_id == clerk_id))).scalars()
+        accounts = [n for n, a in self.adapters.items() if a.side == "customer"] + [a for a in own if a in self.adapters]
+        urls = [(self.adapters[a].platform, self.adapters[a].contact_url(code)) for a in accounts]
+        return [(p, u) for p, u in urls if u]

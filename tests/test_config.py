@@ -141,7 +141,7 @@ def test_example_wecom_block_is_valid_when_uncommented():
     import yaml
 
     text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
-    block = text[text.index("  # - name: wecom"):text.index("  # --- The WeChat Official Account")]
+    block = text[text.index("  # - name: wecom"):text.index("  # --- WeChat Official Account")]
     lines = [ln[4:] if ln.startswith("  # ") else "" for ln in block.splitlines()]
     acc = yaml.safe_load("\n".join(lines))[0]
     env = {"WECOM_SECRET": "s", "WECOM_CONTACT_SECRET": "c", "WECOM_TOKEN": "t", "WECOM_AES_KEY": "a" * 43}
@@ -150,3 +150,15 @@ def test_example_wecom_block_is_valid_when_uncommented():
     with pytest.raises(ConfigError) as e:
         build_config({"accounts": [{**acc, "agent_id": "app-1", "encoding_aes_key": "short"}]}, env=env)
     assert {"accounts[0].agent_id", "accounts[0].encoding_aes_key"} <= set(dict(e.value.problems))
+
+
+def test_example_wechat_mp_block_is_valid_when_uncommented():
+    import yaml
+
+    text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+    block = text[text.index("  # - name: wechat_mp"):text.index("policies:")]
+    lines = [ln[4:] if ln.startswith("  # ") else "" for ln in block.splitlines()]
+    acc = yaml.safe_load("\n".join(lines))[0]
+    env = {"WECHAT_MP_APP_SECRET": "s", "WECHAT_MP_TOKEN": "tok", "WECHAT_MP_AES_KEY": "a" * 43}
+    cfg = build_config({"accounts": [acc]}, env=env)
+    assert cfg.account("wechat_mp").fallback_template.template_id == "TEMPLATE_ID_FROM_THE_MP_CONSOLE"

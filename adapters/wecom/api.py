@@ -8,8 +8,6 @@ is dropped and retried; everything else is Permanent with WeCom's own code and m
 
 from __future__ import annotations
 
-import json
-
 from adapters.http import ApiClient, TokenCache
 from adapters.wecom.config import WeComConfig
 from gateway.adapter import Permanent, Retryable
@@ -62,18 +60,8 @@ class WeComApi(ApiClient):
     async def media(self, media_id: str) -> tuple[bytes, str]:
         """A file a clerk sent (media/get answers the bytes, or JSON with an errcode)."""
         token = await self.app_token.get()
-        await self.start()
-        try:
-            async with self.http.get(f"{self.cfg.api_base}/cgi-bin/media/get",
-                                     params={"access_token": token, "media_id": media_id}) as resp:
-                body = await resp.read()
-                if resp.status >= 500:
-                    raise Retryable(f"WeCom HTTP {resp.status}")
-                if resp.content_type in ("application/json", "text/plain"):  # an error, not a file
-                    self._check(json.loads(body or b"{}"), self.app_token, token)
-                return body, resp.content_type
-        except (TimeoutError, OSError) as e:
-            raise Retryable(f"network: {type(e).__name__}") from None
+        return await self.download(f"{self.cfg.api_base}/cgi-bin/media/get", {"access_token": token, "media_id": media_id},
+                                   lambda data: self._check(data, self.app_token, token))
 
     # -- the calls the adapter makes -------------------------------------------------------------
 

@@ -7,24 +7,13 @@ link attachments in welcome messages and mass-message tasks; what WeCom cannot s
 
 from __future__ import annotations
 
+from adapters.wxml import split_text
 from gateway.model import Message, Segment
 
 APP_SEGMENTS = frozenset({"text", "link", "product"})
 TEXT_LIMIT = 2048  # bytes, message/send text.content (page 90236)
 TRANSFER_MSG_LIMIT = 200  # characters, transfer_success_msg (page 94081)
 MAX_ATTACHMENTS = 9  # add_msg_template / send_welcome_msg
-
-
-def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
-    """Chunks of at most `limit` UTF-8 bytes, cut at line ends where possible, never inside a character."""
-    out: list[str] = []
-    while len(text.encode()) > limit:
-        cut = len(text.encode()[:limit].decode("utf-8", "ignore"))
-        nl = text.rfind("\n", 0, cut)
-        cut = nl + 1 if nl > cut // 2 else cut
-        out.append(text[:cut])
-        text = text[cut:]
-    return [*out, text] if text else out
 
 
 def _article(seg: Segment) -> dict:

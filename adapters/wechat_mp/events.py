@@ -1,0 +1,128 @@
+"""Pure parsing of Official Account callbacks (and the adapter's own reports) into Events.
+
+Every customer-side Event says whether it opened the customer-service window: a message opens
+48 h / 5 replies ("message"); a follow, a QR scan or a menu tap opens 1 min / 3 ("event").
+Dedupe: messages by MsgId, events by FromUserName + CreateTime (+ Event).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from adapters.wxml import create_time
+from gateway.adapter import BadRequest
+from gateway.model import Event, Identity, Message, Segment
+
+PLATFORM = "wechat_mp"
+SCENE_PREFIX = "gw:"  # qrcode/create scene_str = "gw:<invite>"; other codes of the brand are left alone
+WINDOW_EVENTS = {"subscribe", "SCAN", "CLICK", "VIEW"}
+
+
+@dataclass
+class WeChatMpRaw:
+    account: str
+    kind: str  # url_check | callback | poll
+    data: dict[str, Any]
+    received_at: datetime
+    media_prefix: str = ""
+    echo: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _need(d: dict, key: str) -> str:
+    v = d.get(key)
+    if not v:
+        raise BadRequest(f"{key} is missing", field=key)
+    return v
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def _segments(raw: WeChatMpRaw) -> list[Segment]:
+    d = raw.data
+    media = f"{raw.media_prefix}/{d.get('MediaId', '')}"
+    match d.get("MsgType"):
+        case "text":
+            text = d.get("Content", "").strip()
+            return [Segment.text(text)] if text else []
+        case "image":
+            return [Segment("image", {"url": d.get("PicUrl") or media})]
+        case "voice":  # a media link; WeChat's own transcription rides along when enabled
+            out = [Segment("voice", {"url": media, "format": d.get("Format", "")})]
+            return out + ([Segment.text(f"(语音) {d['Recognition']}")] if d.get("Recognition") else [])
+        case "video" | "shortvideo":
+            return [Segment("file", {"name": "视频", "url": media})]
+        case "location":
+            return [Segment("location", {"lat": _num(d.get("Location_X")), "lng": _num(d.get("Location_Y")),
+                                         "label": d.get("Label", "")})]
+        case "link":
+            return [Segment("link", {"title": d.get("Title", ""), "url": d.get("Url", ""),
+                                     "description": d.get("Description", "")})]
+    return []
+
+
+def _scene(d: dict) -> str | None:
+    """Our invite in a QR scan: subscribe carries "qrscene_<scene>", SCAN the bare scene."""
+    key = d.get("EventKey", "")
+    key = key.removeprefix("qrscene_")
+    return key[len(SCENE_PREFIX):] if key.startswith(SCENE_PREFIX) else None
+
+
+def _event(raw: WeChatMpRaw, sender: Identity, at: datetime) -> list[Event]:
+    d = raw.data
+    event = d.get("Event", "")
+    key = f"evt:{sender.external_id}:{d.get('CreateTime', '')}:{event}"
+    window = {"window": "event"} if event in WINDOW_EVENTS else {}
+    if event in ("subscribe", "SCAN"):
+        invite = _scene(d)
+        if invite:
+            return [Event("bind", "customer", sender, key, at, payload={
+                "invite": invite, "consent": True, "consent_how": "followed the Official Account through "
+                "the advisor's QR code", **window})]
+        return [Event("follow", "customer", sender, key, at, payload=window)]
+    if event == "unsubscribe":
+        return [Event("unfollow", "customer", sender, key, at)]
+    if event in ("CLICK", "VIEW"):
+        return [Event("menu", "customer", sender, key, at, payload={"key": d.get("EventKey", ""), **window})]
+    return []  # LOCATION reports, mass / template job reports, others: acknowledged, nothing to do
+
+
+def _poll(raw: WeChatMpRaw) -> list[Event]:
+    d = raw.data
+    if d["type"] == "profile":
+        profile = {k: d[k] for k in ("unionid",) if d.get(k)}
+        if not profile:
+            return []
+        return [Event("profile", "customer", Identity(PLATFORM, raw.account, d["openid"]),
+                      f"profile:{d['openid']}:{profile['unionid']}", raw.received_at, profile=profile)]
+    if d["type"] == "contact_way":
+        return [Event("contact_way", "clerk", Identity(PLATFORM, raw.account, "-"), f"contact_way:{d['invite']}:"
+                      f"{d['ticket']}", raw.received_at, payload={"invite": d["invite"], "qr_code": d["qr_code"],
+                                                                   "expires_at": d.get("expires_at")})]
+    return []
+
+
+def parse(raw: WeChatMpRaw) -> list[Event]:
+    if raw.kind == "url_check":
+        return []
+    if raw.kind == "poll":
+        return _poll(raw)
+    d = raw.data
+    kind = _need(d, "MsgType")
+    sender = Identity(PLATFORM, raw.account, _need(d, "FromUserName"))
+    at = create_time(d, raw.received_at)
+    if kind == "event":
+        return _event(raw, sender, at)
+    msg_id = _need(d, "MsgId")
+    segments = _segments(raw)
+    if not segments:
+        return []
+    return [Event("message", "customer", sender, f"msg:{msg_id}", at, message=Message(segments),
+                  payload={"platform_msg_id": msg_id, "window": "message"})]
