@@ -125,3 +125,16 @@ async def test_html_in_names_and_text_is_stored_verbatim(client, gw, world):
     clerk = ClerkClient(client.session, str(client.make_url("")).rstrip("/"), world.clerk_token)
     m = await clerk.wait_for(lambda m: "DROP TABLE" in m["text"])
     assert m["text"] == "【<img src=x onerror=alert(1)> #1】'; DROP TABLE customer; -- <script>alert(1)</script>"
+
+
+async def test_a_unionid_must_be_signed_to_count(client, gw):
+    from adapters.webchat.crypto import session_sig
+
+    ts = int(gw.clock.now().timestamp())
+    base = {"user_id": "u-union", "ts": ts}
+    unsigned = await client.post("/webchat/webchat/session",
+                                 json={**base, "sig": session_sig(WEBCHAT_SECRET, "u-union", ts), "unionid": "uX"})
+    assert unsigned.status == 401  # the old signature does not cover a unionid
+    signed = await client.post("/webchat/webchat/session", json={
+        **base, "unionid": "uX", "sig": session_sig(WEBCHAT_SECRET, "u-union", ts, "uX")})
+    assert signed.status == 200

@@ -309,3 +309,17 @@ async def test_a_subscription_account_holds_targeted_pushes_and_caps_at_one_a_da
         await adapter.send(Target(Identity("wechat_mp", "mp", "oX"), customer_id=1), Message.of_text("hi"),
                            idem_key="k", kind="push")
     assert e.value.code == "mass_not_allowed" and e.value.hold
+
+
+async def test_a_reply_to_a_customer_who_unfollowed_is_held_and_the_clerk_told(mp, sim):
+    gw, client, world, clerk, _ = mp
+    await follow(gw, client, sim, "oGone", world.invite)
+    await post(client, sim.text("oGone", "谢谢"))
+    await clerk.wait_for(lambda m: "谢谢" in m["text"])
+    await post(client, sim.unsubscribe("oGone"))
+    await clerk.say("#1 不客气")
+    told = await clerk.wait_for(lambda m: "消息未送达" in m["text"], timeout=8)
+    assert "取消关注" in told["text"]
+    async with gw.db() as s:
+        held = (await s.exec(select(Outbox).where(Outbox.status == "held"))).one()
+    assert held.error_code == "not_following" and "43004" in held.last_error
