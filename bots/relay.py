@@ -12,9 +12,9 @@ import re
 
 from sqlmodel import select
 
-from gateway import advisors
+from gateway import advisors, service
 from gateway.model import Message, Segment
-from gateway.models import Binding, Customer
+from gateway.models import Binding, Customer, Store
 from gateway.router import SKIP, Ctx, Router
 
 router = Router("relay")
@@ -45,6 +45,9 @@ async def customer_to_clerk(ctx: Ctx):
     else:
         segs.insert(0, Segment.text(prefix))
     await ctx.send(target, Message(segs), suffix="relay", kind="relay")
+    await service.customer_waiting(ctx.session, c, clerk, ctx.binding.store_id, ctx.now())
+    if ctx.binding.store_id is not None:
+        await service.offhours_reply(ctx, await ctx.session.get(Store, ctx.binding.store_id))
     return None
 
 
@@ -55,6 +58,7 @@ async def customer_unbound(ctx: Ctx):
     entry, new = await advisors.enqueue_unassigned(ctx.session, ctx.customer, reason, ctx.now())
     if new:
         await ctx.log("queued_unassigned", customer_id=ctx.customer.id, store_id=ctx.customer.store_id)
+    await service.customer_waiting(ctx.session, ctx.customer, None, ctx.customer.store_id, ctx.now())
     if entry.notified_at is None:
         entry.notified_at = ctx.now()
         await ctx.send(ctx.reply_target(), Message.of_text(UNBOUND_REPLY), suffix="reply")  # the brand's voice
@@ -98,6 +102,7 @@ async def clerk_to_customer(ctx: Ctx):
         return None
     out = Message(segs, sender_name=clerk.display_name)
     await ctx.send(target, out, suffix="relay", kind="reply")
+    await service.advisor_replied(s, customer.id, clerk, ctx.now())
     await ctx.log("message_out", customer_id=customer.id, clerk_id=clerk.id, store_id=clerk.store_id,
                   payload={"channel": target.identity.platform, "account": target.identity.account,
                            "chars": len(out.plain_text)})

@@ -93,6 +93,12 @@ class Policies(_Section):
     opt_out_keywords: list[str] = ["退订", "TD", "unsubscribe", "STOP"]
     opt_in_keywords: list[str] = ["订阅", "subscribe"]
     consent_version: str = "v1"
+    switch_keywords: list[str] = ["换", "更换顾问", "switch"]  # a customer's yes to a new advisor (ask_customer)
+    switch_hours: int = Field(24, ge=1)  # how long that question stays open
+    handover_intro: bool = True  # the new advisor introduces themselves to each customer they take over
+    remind_after_minutes: int | None = Field(10, ge=1)  # an unanswered customer reminds their clerk
+    escalate_after_minutes: int | None = Field(30, ge=1)  # ... and then the store manager
+    offhours_reply: bool = True  # outside the store's opening hours, say when the advisor is back
 
     @field_validator("quiet_hours")
     @classmethod

@@ -239,6 +239,54 @@ class Transfer(SQLModel, table=True):
     finished_at: datetime | None = _ts(nullable=True)
 
 
+class Conversation(SQLModel, table=True):
+    """A customer's message waiting for their advisor: opened by the first unanswered message,
+    closed by the advisor's first reply (first-reply time), reminded and escalated on the way."""
+
+    __table_args__ = (
+        sa.Index("uq_conversation_open", "customer_id", unique=True,
+                 sqlite_where=sa.text("first_reply_at IS NULL"), postgresql_where=sa.text("first_reply_at IS NULL")),
+        sa.Index("ix_conversation_waiting", "first_reply_at", "started_at"),
+        sa.Index("ix_conversation_clerk", "clerk_id", "started_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id")
+    clerk_id: int | None = Field(default=None, foreign_key="clerk.id")
+    store_id: int | None = Field(default=None, foreign_key="store.id")
+    started_at: datetime = _ts()
+    first_reply_at: datetime | None = _ts(nullable=True)
+    reminded_at: datetime | None = _ts(nullable=True)
+    escalated_at: datetime | None = _ts(nullable=True)
+
+
+class AdvisorRequest(SQLModel, table=True):
+    """A bound customer scanned another clerk's code under `ask_customer`: they are asked, and
+    switch if they say so before it expires."""
+
+    __tablename__ = "advisor_request"
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    clerk_id: int = Field(foreign_key="clerk.id")
+    invite_id: int | None = Field(default=None, foreign_key="invite.id")
+    created_at: datetime = _ts()
+    resolved_at: datetime | None = _ts(nullable=True)
+    outcome: str | None = Field(default=None, max_length=20)  # switched | kept | expired
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who did what through the admin API (every change, every export)."""
+
+    __tablename__ = "audit"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)
+    token_id: int | None = None
+    role: str = Field(max_length=20)
+    method: str = Field(max_length=8)
+    path: str = Field(max_length=300)
+    status: int
+    detail: dict | None = Field(default=None, sa_type=JSON)
+
+
 class Interaction(SQLModel, table=True):
     """Append-only log of everything that happened; the source of truth for attribution."""
 

@@ -3,6 +3,7 @@ adapters use to reach the gateway without touching the database themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -14,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots import root_router
-from gateway import advisors, fallback, handover
+from gateway import advisors, fallback, handover, service
 from gateway.adapter import Adapter, adapter_class
 from gateway.clock import Clock
 from gateway.config import Config
@@ -67,6 +68,7 @@ class Gateway:
         self.outbox.on_unreachable = lambda s, row, code, error: fallback.reroute(s, self, row, code, error)
         self._tokens: dict[str, tuple[float, Principal | None]] = {}
         self.started = False
+        self._sla: asyncio.Task | None = None
 
     @property
     def base_url(self) -> str:
@@ -84,11 +86,26 @@ class Gateway:
         if workers:
             await self.ingress.start()
             self.outbox.start()
+            self._sla = asyncio.create_task(self._sla_loop(), name="sla")
         self.started = True
+
+    async def _sla_loop(self, every: float = 30.0) -> None:
+        """Reminders and escalations for customers left waiting (gateway/service.py)."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await service.tick(self)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("service-level check failed")
 
     async def stop(self) -> None:
         """Drain: finish in-flight inbound work, then in-flight sends, then close."""
         grace = self.config.server.shutdown_grace
+        if self._sla is not None:
+            self._sla.cancel()
+            await asyncio.gather(self._sla, return_exceptions=True)
         await self.ingress.stop(grace)
         await self.outbox.stop(grace)
         for adapter in self.adapters.values():
