@@ -1,14 +1,23 @@
-"""Binding through an invite, with consent, and the advisor's welcome in their personal name."""
+"""Binding through an invite (or a platform contact), with consent, and the advisor's welcome in
+their personal name. Under `ask_customer` a bound customer who meets another clerk is asked, and
+switches only if they say so (webchat: `switch: true`; other channels: a switch keyword)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlmodel import select
+
 from gateway import advisors
 from gateway.model import Identity, Message, Target
+from gateway.models import AdvisorRequest, Clerk, Invite
 from gateway.router import Ctx, Router
 
 router = Router("welcome")
 
 WELCOME = "您好，我是{advisor}，很高兴成为您的专属顾问。有任何需要，直接在这里留言，我会尽快回复您。"
+ASK = "您当前的专属顾问是{current}。如希望改由{new}为您服务，请在{hours}小时内回复“{keyword}”。"
 
 
 @router.on("bind", side="customer")
@@ -22,7 +31,7 @@ async def bind(ctx: Ctx):
     member = (await advisors.clerk_by_identity(ctx.session, Identity(ev.sender.platform, ev.sender.account, p["advisor"]))
               if p.get("advisor") else None)
     outcome = await advisors.bind(ctx.session, c, p.get("invite"), policy=ctx.gw.config.policies.binding,
-                                  now=ctx.now(), advisor=member)
+                                  now=ctx.now(), advisor=member, switch=bool(p.get("switch")))
     if outcome.status in ("invite_not_found", "clerk_unavailable"):
         return {"error": outcome.status, "message": "this invite is not valid any more"
                 if outcome.status == "clerk_unavailable" else "no such invite"}
@@ -30,23 +39,32 @@ async def bind(ctx: Ctx):
     advisor = {"name": clerk.display_name}
     if outcome.status == "conflict":
         return {"error": "already_bound", "message": f"already served by {clerk.display_name}", "advisor": advisor}
+    if outcome.status == "ask":
+        return await _ask(ctx, outcome, p)
     if outcome.status == "already_bound":
         return {"status": "bound", "advisor": advisor, "binding_id": outcome.binding.id, "new": False}
+    await welcome(ctx, outcome, hints={k: p[k] for k in ("reply_token", "reply_by", "advisor") if p.get(k)},
+                  consent_how=p.get("consent_how", "consent_given"))
+    return {"status": "bound", "advisor": advisor, "binding_id": outcome.binding.id, "new": True}
 
-    b = outcome.binding
-    c.consent_at, c.consent_version = ctx.now(), ctx.gw.config.policies.consent_version
+
+async def welcome(ctx: Ctx, outcome, *, hints: dict, consent_how: str) -> None:
+    """Record the new binding, greet the customer in the advisor's name, tell the advisor."""
+    ev, c, b, clerk = ctx.event, ctx.customer, outcome.binding, outcome.clerk
+    if c.consent_at is None:
+        c.consent_at, c.consent_version = ctx.now(), ctx.gw.config.policies.consent_version
     ctx.binding, ctx.clerk = b, clerk
-    if p.get("invite"):
+    if ev.payload.get("invite"):
         await ctx.log("invite_scan", customer_id=c.id, clerk_id=clerk.id, store_id=clerk.store_id,
-                      payload={"invite": p["invite"], "channel": ev.sender.platform})
+                      payload={"invite": ev.payload["invite"], "channel": ev.sender.platform})
     if outcome.previous is not None:
         await ctx.log("unbound", customer_id=c.id, clerk_id=outcome.previous.clerk_id,
-                      store_id=outcome.previous.store_id, payload={"reason": "rebound", "binding_id": outcome.previous.id})
+                      store_id=outcome.previous.store_id,
+                      payload={"reason": outcome.previous.end_reason or "rebound", "binding_id": outcome.previous.id})
     await ctx.log("bound", customer_id=c.id, clerk_id=clerk.id, store_id=clerk.store_id,
                   payload={"binding_id": b.id, "source": b.source, "channel": ev.sender.platform,
-                           "consent_version": c.consent_version, "consent_how": p.get("consent_how", "consent_given")})
+                           "consent_version": c.consent_version, "consent_how": consent_how})
     n = await advisors.handle_for(ctx.session, clerk.id, c.id)
-    hints = {k: p[k] for k in ("reply_token", "reply_by", "advisor") if p.get(k)}
     await ctx.send(Target(ev.sender, customer_id=c.id, clerk_id=clerk.id, hints=hints),
                    Message.of_text(WELCOME.format(advisor=clerk.display_name), clerk.display_name),
                    suffix="welcome", kind="welcome")
@@ -55,4 +73,51 @@ async def bind(ctx: Ctx):
         name = advisors.customer_name(c, ctx.identity)
         await ctx.send(target, Message.of_text(f"新顾客绑定：【{name} #{n}】已成为您的会员顾客。回复 #{n} 加内容即可联系TA。"),
                        suffix="clerk-new-customer", kind="notice")
-    return {"status": "bound", "advisor": advisor, "binding_id": b.id, "new": True}
+
+
+async def _ask(ctx: Ctx, outcome, p: dict):
+    current = await ctx.session.get(Clerk, outcome.binding.clerk_id)
+    new = {"name": outcome.clerk.display_name}
+    if ctx.event.reply_required:  # webchat: the page asks, then binds again with switch: true
+        return {"error": "switch_available", "advisor": {"name": current.display_name}, "new_advisor": new,
+                "message": f"already served by {current.display_name}; bind again with switch: true to change"}
+    invite = (await ctx.session.exec(select(Invite.id).where(Invite.code == p["invite"]))).first() \
+        if p.get("invite") else None
+    ctx.session.add(AdvisorRequest(customer_id=ctx.customer.id, clerk_id=outcome.clerk.id, invite_id=invite,
+                                   created_at=ctx.now()))
+    pol = ctx.gw.config.policies
+    await ctx.send(ctx.reply_target(), Message.of_text(ASK.format(
+        current=current.display_name, new=outcome.clerk.display_name, hours=pol.switch_hours,
+        keyword=pol.switch_keywords[0])), suffix="ask-switch", kind="reply")
+    return {"status": "asked", "advisor": {"name": current.display_name}, "new_advisor": new}
+
+
+def _switch_words(ctx: Ctx) -> bool:
+    words = {w.strip().lower() for w in ctx.gw.config.policies.switch_keywords}
+    return ctx.event.text.strip().lower() in words
+
+
+@router.on("message", _switch_words, side="customer")
+async def switch_reply(ctx: Ctx):
+    """The customer said yes to the advisor they were offered (if the offer is still open)."""
+    since = ctx.now() - timedelta(hours=ctx.gw.config.policies.switch_hours)
+    req = (await ctx.session.exec(select(AdvisorRequest).where(
+        AdvisorRequest.customer_id == ctx.customer.id, AdvisorRequest.resolved_at.is_(None),
+        AdvisorRequest.created_at >= since).order_by(AdvisorRequest.id.desc()))).first()
+    if req is None:
+        from gateway.router import SKIP
+
+        return SKIP  # just a message that happens to be the word: relay it as usual
+    await ctx.session.execute(update(AdvisorRequest).where(AdvisorRequest.customer_id == ctx.customer.id,
+                                                           AdvisorRequest.resolved_at.is_(None))
+                              .values(resolved_at=ctx.now(), outcome="superseded"))
+    req.resolved_at, req.outcome = ctx.now(), "switched"
+    code = (await ctx.session.get(Invite, req.invite_id)).code if req.invite_id else None
+    clerk = await ctx.session.get(Clerk, req.clerk_id)
+    outcome = await advisors.bind(ctx.session, ctx.customer, code, policy="ask_customer", now=ctx.now(),
+                                  advisor=clerk, switch=True)
+    if outcome.status != "bound":
+        await ctx.reply("抱歉，这位顾问暂时无法为您服务。 Sorry, that advisor is not available.")
+        return None
+    await welcome(ctx, outcome, hints={}, consent_how="asked to change advisor")
+    return None

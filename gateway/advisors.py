@@ -182,16 +182,19 @@ async def create_invite(session, clerk_id: int, *, source: str | None = None, ca
 
 @dataclass
 class BindOutcome:
-    status: str  # bound | already_bound | conflict | invite_not_found | clerk_unavailable
+    status: str  # bound | already_bound | conflict | ask | invite_not_found | clerk_unavailable
     clerk: Clerk | None = None
     binding: Binding | None = None
     previous: Binding | None = None
 
 
 async def bind(session, customer: Customer, invite_code: str | None, *, policy: str, now: datetime,
-               advisor: Clerk | None = None) -> BindOutcome:
+               advisor: Clerk | None = None, switch: bool = False) -> BindOutcome:
     """Bind a customer to the invite's clerk (or, without an invite, to `advisor`: a WeCom contact
-    the clerk added directly) under the binding policy. Never rewrites history."""
+    the clerk added directly) under the binding policy. Never rewrites history.
+
+    A bound customer meeting another clerk: keep_first keeps the advisor ("conflict"); latest_wins
+    switches; ask_customer answers "ask" unless the customer already said yes (`switch`)."""
     invite = None
     if invite_code:
         invite = (await session.exec(select(Invite).where(Invite.code == invite_code))).first()
@@ -210,11 +213,14 @@ async def bind(session, customer: Customer, invite_code: str | None, *, policy: 
         binding, bound_clerk = current
         if bound_clerk.id == clerk.id:
             return BindOutcome("already_bound", clerk=clerk, binding=binding)
-        if policy != "latest_wins":
+        if policy == "ask_customer" and not switch:
+            return BindOutcome("ask", clerk=clerk, binding=binding, previous=binding)
+        if policy not in ("latest_wins", "ask_customer"):
             return BindOutcome("conflict", clerk=bound_clerk, binding=binding)
-        await close_binding(session, binding, now, "rebound")
+        await close_binding(session, binding, now, "customer_switched" if switch else "rebound")
         previous = binding
     source = ("invite:" + invite.source if invite.source else "invite") if invite else "contact"
+    source = f"switch:{source}" if switch else source
     new = await open_new_binding(session, customer, clerk, now, source, invite.id if invite else None)
     return BindOutcome("bound", clerk=clerk, binding=new, previous=previous)
 

@@ -7,13 +7,14 @@ what the OpenAPI document is generated from.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -32,6 +33,7 @@ from gateway.models import (
     QueueEntry,
     Store,
 )
+from gateway.service import DAYS
 from gateway.tokens import ROLES, Principal, create_token
 
 ALL = ("admin", "marketer", "store_manager")
@@ -50,12 +52,27 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+_SPAN = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
+
+
 class StoreIn(_In):
     name: str = Field(min_length=1, max_length=200)
     city: str | None = Field(None, max_length=100)
     lat: float | None = Field(None, ge=-90, le=90)
     lng: float | None = Field(None, ge=-180, le=180)
-    opening_hours: dict[str, str] | None = None  # {"mon": "10:00-22:00", …}
+    opening_hours: dict[str, str] | None = None  # {"mon": "10:00-22:00", "sun": "closed", "daily": …}
+
+    @field_validator("opening_hours")
+    @classmethod
+    def _hours(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for day, span in (v or {}).items():
+            if day not in (*DAYS, "daily"):
+                raise ValueError(f"{day!r} is not a day: use mon..sun or daily")
+            if span != "closed" and not _SPAN.match(span):
+                raise ValueError(f"{day}: {span!r} is not HH:MM-HH:MM (opening before closing) or closed")
+            if span != "closed" and span[:5] >= span[6:]:
+                raise ValueError(f"{day}: {span!r} closes before it opens")
+        return v
 
 
 class StorePatch(StoreIn):

@@ -19,7 +19,7 @@ from sqlmodel import select
 from gateway import advisors
 from gateway.interactions import log_interaction
 from gateway.model import Identity, Message, Target
-from gateway.models import Binding, Clerk, ClerkIdentity, Customer, Transfer
+from gateway.models import Binding, ChatMessage, Clerk, ClerkIdentity, Customer, Transfer
 from gateway.models import Identity as IdentityRow
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ async def hand_over(session, gw: Gateway, clerk: Clerk, *, now: datetime, succes
         .where(Binding.clerk_id == clerk.id, Binding.valid_to.is_(None)).order_by(Binding.id)
     )).all()
     counts: Counter = Counter()
-    received: Counter = Counter()
+    received: dict[int, list[Customer]] = {}
     for binding, customer in rows:
         receiver = successor if successor is not None and successor.status == "active" else manager
         if load:  # least loaded, counting what this handover already gave out
@@ -82,19 +82,47 @@ async def hand_over(session, gw: Gateway, clerk: Clerk, *, now: datetime, succes
             receiver = await session.get(Clerk, cid)
             load[cid] += 1
         outcome = await hand_one(session, gw, binding, customer, clerk, receiver, now=now, resigned=resigned,
-                                  reason=reason)
+                                 reason=reason)
         counts[outcome] += 1
         if receiver is not None and outcome in ("moved", "transfer_requested"):
-            received[receiver.id] += 1
-    for receiver_id, n in received.items():
-        receiver = await session.get(Clerk, receiver_id)
-        target = await gw.clerk_target(session, receiver)
-        if target is not None:
-            await gw.outbox.enqueue(session, target, Message.of_text(
-                f"您接手了 {clerk.display_name} 的 {n} 位顾客。发送 /customers 查看。"
-                f" You took over {n} customers of {clerk.display_name}."),
-                idem_key=f"handover:{clerk.id}:{receiver_id}:{now.isoformat()}", kind="notice")
+            received.setdefault(receiver.id, []).append(customer)
+    for receiver_id, customers in received.items():
+        await brief_receiver(session, gw, await session.get(Clerk, receiver_id), clerk, customers, now)
+    if counts["queued"]:
+        await tell_manager(session, gw, clerk, counts["queued"], now)
     return counts
+
+
+async def brief_receiver(session, gw: Gateway, receiver: Clerk, clerk: Clerk, customers: list[Customer],
+                         now: datetime) -> None:
+    """The new advisor learns who they took over: each customer's #n, tags and last message,
+    ten to a message (a clerk's IM caps messages per minute)."""
+    target = await gw.clerk_target(session, receiver)
+    if target is None:
+        return
+    lines = []
+    for c in customers:
+        n = await advisors.handle_for(session, receiver.id, c.id)
+        last = (await session.exec(select(ChatMessage.text).where(
+            ChatMessage.customer_id == c.id, ChatMessage.direction == "in", ChatMessage.text.is_not(None))
+            .order_by(ChatMessage.id.desc()))).first()
+        tags = f" [{' '.join(c.tags)}]" if c.tags else ""
+        lines.append(f"【{advisors.customer_name(c)} #{n}】{tags} 最近：{(last or '—')[:40]}")
+    for i in range(0, len(lines), 10):
+        head = (f"您接手了 {clerk.display_name} 的 {len(lines)} 位顾客 (You took over {len(lines)} customers):\n"
+                if i == 0 else "")
+        await gw.outbox.enqueue(session, target, Message.of_text(head + "\n".join(lines[i:i + 10])),
+                                idem_key=f"handover:{clerk.id}:{receiver.id}:{now.isoformat()}:{i}", kind="notice")
+
+
+async def tell_manager(session, gw: Gateway, clerk: Clerk, n: int, now: datetime) -> None:
+    manager = await _manager(session, clerk.store_id, clerk.id)
+    target = await gw.clerk_target(session, manager) if manager else None
+    if target is not None:
+        await gw.outbox.enqueue(session, target, Message.of_text(
+            f"{clerk.display_name} 的 {n} 位顾客没有可接手的顾问，正在门店待分配队列中，请尽快安排。"
+            f" {n} customers of {clerk.display_name} wait in the store's queue."),
+            idem_key=f"handover-queued:{clerk.id}:{now.isoformat()}", kind="notice")
 
 
 async def hand_one(session, gw: Gateway, binding: Binding, customer: Customer, clerk: Clerk, receiver: Clerk | None,
@@ -111,10 +139,22 @@ async def hand_one(session, gw: Gateway, binding: Binding, customer: Customer, c
         if clerk.id in ids and receiver.id in ids:
             return await request_transfer(session, gw, customer, contact, clerk, receiver, ids, now=now,
                                           resigned=resigned, base=base, store_id=binding.store_id)
-    await move_binding(session, binding, customer, receiver, now, "handover")
+    new = await move_binding(session, binding, customer, receiver, now, "handover")
     await log_interaction(session, "handover", occurred_at=now, customer_id=customer.id, clerk_id=receiver.id,
                           store_id=receiver.store_id, payload={**base, "status": "done", "to_clerk_id": receiver.id})
+    await introduce(session, gw, customer, receiver, new)
     return "moved"
+
+
+async def introduce(session, gw: Gateway, customer: Customer, receiver: Clerk, binding: Binding) -> None:
+    """The new advisor says hello on the customer's channel (policies.handover_intro)."""
+    if not gw.config.policies.handover_intro or customer.erased_at is not None:
+        return
+    target = await advisors.customer_target(session, customer, receiver)
+    if target is not None:
+        await gw.outbox.enqueue(session, target, Message.of_text(INTRO.format(name=receiver.display_name),
+                                                                 receiver.display_name),
+                                idem_key=f"intro:{binding.id}", kind="intro")
 
 
 async def request_transfer(session, gw: Gateway, customer: Customer, contact: IdentityRow, clerk: Clerk,

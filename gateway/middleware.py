@@ -23,9 +23,8 @@ async def resolve_parties(ctx: Ctx, nxt: Next) -> Any:
     s = ctx.session
     if ev.side == "customer":
         ctx.customer, ctx.identity = await advisors.resolve_customer(s, ev.sender, ev.profile, ctx.now())
-        window = ev.payload.get("window")  # this event opened the platform's reply window
-        if window and (ctx.identity.window_at is None or ev.occurred_at >= ctx.identity.window_at):
-            ctx.identity.window_at, ctx.identity.window_kind = ev.occurred_at, window
+        if ev.payload.get("window"):  # this event opened the platform's reply window
+            _open_window(ctx, ev)
         bound = await advisors.open_binding(s, ctx.customer.id)
         if bound is not None:
             ctx.binding, ctx.clerk = bound
@@ -34,6 +33,20 @@ async def resolve_parties(ctx: Ctx, nxt: Next) -> Any:
         if ctx.clerk is not None and ctx.clerk.last_work_account != ev.sender.account:
             ctx.clerk.last_work_account = ev.sender.account
     return await nxt()
+
+
+def _open_window(ctx: Ctx, ev) -> None:
+    """A message opens the long window; a follow / scan / menu tap the short one, which must not
+    cut short a long window still open (the platform keeps allowing those replies)."""
+    ident, kind = ctx.identity, ev.payload["window"]
+    if ident.window_at is not None and ev.occurred_at < ident.window_at:
+        return  # an older event arriving late
+    long_window = ctx.gw.adapters[ev.sender.account].capabilities().reply_window if ev.sender.account in \
+        ctx.gw.adapters else None
+    if (kind != "message" and ident.window_kind == "message" and long_window is not None
+            and ev.occurred_at < ident.window_at + long_window):
+        return
+    ident.window_at, ident.window_kind = ev.occurred_at, kind
 
 
 async def record_inbound(ctx: Ctx, nxt: Next) -> Any:

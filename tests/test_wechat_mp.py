@@ -323,3 +323,16 @@ async def test_a_reply_to_a_customer_who_unfollowed_is_held_and_the_clerk_told(m
     async with gw.db() as s:
         held = (await s.exec(select(Outbox).where(Outbox.status == "held"))).one()
     assert held.error_code == "not_following" and "43004" in held.last_error
+
+
+async def test_a_menu_tap_does_not_cut_short_the_48_hour_window(mp, sim, clock):
+    gw, client, world, clerk, _ = mp
+    await follow(gw, client, sim, "oMenu", world.invite)
+    clock.advance(seconds=120)
+    await post(client, sim.text("oMenu", "看看新品"))
+    await clerk.wait_for(lambda m: "看看新品" in m["text"])
+    await post(client, sim.click("oMenu", "NEW_ARRIVALS"))
+    for i in range(4):
+        await clerk.say(f"#1 款式{i}")
+    await wait_until(lambda: len([t for t in custom_texts(sim, "oMenu") if t.startswith("款式")]) == 4)
+    assert await count(gw, Outbox, Outbox.status == "held") == 0

@@ -26,10 +26,7 @@ RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 MEDIA = "http://gw.example/media/mp"
 
 # vector stem -> what the documentation says that the parser does not do
-DISAGREEMENTS = {
-    "evt_view": "a VIEW (link) menu tap opens no customer-service window (Service_Center_messages: only click, "
-                "scancode_push and scancode_waitmsg menu items do), but WINDOW_EVENTS includes VIEW",
-}
+DISAGREEMENTS: dict[str, str] = {}
 
 
 def _raw(data: dict[str, str]) -> events.WeChatMpRaw:

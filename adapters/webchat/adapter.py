@@ -127,8 +127,8 @@ class WebchatAdapter(Adapter):
             return error_response(500, "internal", "binding was not processed")
         if "error" in result:
             status = {"invite_not_found": 404, "clerk_unavailable": 409, "already_bound": 409,
-                      "consent_required": 422}.get(result["error"], 400)
-            extra = {"advisor": result["advisor"]} if "advisor" in result else {}
+                      "switch_available": 409, "consent_required": 422}.get(result["error"], 400)
+            extra = {k: result[k] for k in ("advisor", "new_advisor") if k in result}
             return web.json_response({"error": {"code": result["error"], "message": result["message"]}, **extra},
                                      status=status)
         return web.json_response(result)

@@ -39,7 +39,11 @@ def parse(raw: WebchatRaw) -> list[Event]:
         consent = raw.body.get("consent")
         if not isinstance(consent, bool):
             raise BadRequest("consent must be true or false", field="consent")
+        switch = raw.body.get("switch", False)
+        if not isinstance(switch, bool):
+            raise BadRequest("switch must be true or false", field="switch")
         return [Event("bind", "customer", sender, f"bind:{raw.request_id}", raw.received_at,
-                      payload={"invite": invite.strip().lower(), "consent": consent}, profile=profile,
+                      payload={"invite": invite.strip().lower(), "consent": consent, "switch": switch},
+                      profile=profile,
                       reply_required=True)]
     raise BadRequest(f"unknown request kind {raw.kind!r}")

@@ -17,7 +17,9 @@ from gateway.model import Event, Identity, Message, Segment
 
 PLATFORM = "wechat_mp"
 SCENE_PREFIX = "gw:"  # qrcode/create scene_str = "gw:<invite>"; other codes of the brand are left alone
-WINDOW_EVENTS = {"subscribe", "SCAN", "CLICK", "VIEW"}
+# Taps that let the account answer (customer-service message doc): follow, scan, and the menu types
+# that push an event — a VIEW (link) tap opens no window.
+WINDOW_EVENTS = {"subscribe", "SCAN", "CLICK", "scancode_push", "scancode_waitmsg"}
 
 
 @dataclass
@@ -83,13 +85,14 @@ def _event(raw: WeChatMpRaw, sender: Identity, at: datetime) -> list[Event]:
     if event in ("subscribe", "SCAN"):
         invite = _scene(d)
         if invite:
+            how = ("followed the Official Account through the advisor's QR code" if event == "subscribe"
+                   else "scanned the advisor's QR code")
             return [Event("bind", "customer", sender, key, at, payload={
-                "invite": invite, "consent": True, "consent_how": "followed the Official Account through "
-                "the advisor's QR code", **window})]
+                "invite": invite, "consent": True, "consent_how": how, **window})]
         return [Event("follow", "customer", sender, key, at, payload=window)]
     if event == "unsubscribe":
         return [Event("unfollow", "customer", sender, key, at)]
-    if event in ("CLICK", "VIEW"):
+    if event in ("CLICK", "VIEW", "scancode_push", "scancode_waitmsg"):
         return [Event("menu", "customer", sender, key, at, payload={"key": d.get("EventKey", ""), **window})]
     return []  # LOCATION reports, mass / template job reports, others: acknowledged, nothing to do
 
