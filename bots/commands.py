@@ -1,6 +1,8 @@
-"""Clerk commands in the work IM: /help, /customers, /qr."""
+"""Clerk commands in the work IM: /help, /customers, /qr, /tag, /untag."""
 
 from __future__ import annotations
+
+import re
 
 from sqlmodel import select
 
@@ -14,6 +16,7 @@ router = Router("commands")
 HELP = """可用指令 Commands:
 /customers  我的顾客及编号 your customers and their #n
 /qr         我的专属邀请码与二维码 your invite link and QR code
+/tag #n vip   给顾客加标签 tag a customer (/untag #n vip removes it)
 /help       本帮助 this help
 回复顾客：#编号 内容，例如 “#1 您好”；直接发文字则发给当前顾客。
 Reply with “#n text”; bare text goes to your current customer."""
@@ -37,7 +40,8 @@ async def customers(ctx: Ctx):
         n = n or await advisors.handle_for(s, clerk.id, customer.id)
         when = at.astimezone(tz).strftime("%m-%d %H:%M") if at else "—"
         mark = " ←" if customer.id == clerk.current_customer_id else ""
-        lines.append(f"#{n} {advisors.customer_name(customer)} · {when}{mark}")
+        tags = f" [{' '.join(customer.tags)}]" if customer.tags else ""
+        lines.append(f"#{n} {advisors.customer_name(customer)}{tags} · {when}{mark}")
     await ctx.reply("我的顾客 My customers:\n" + "\n".join(lines))
 
 
@@ -57,6 +61,28 @@ async def qr(ctx: Ctx):
                  Segment("image", {"url": f"{url}/qr.png", "alt": f"QR {invite.code}"})]),
         suffix="qr", kind="notice",
     )
+
+
+@router.on("message", text_match(r"^\s*/(un)?tag\b(.*)$"), side="clerk")
+async def tag(ctx: Ctx):
+    """Tags drive audiences later: `/tag #3 vip 高端`, `/untag #3 vip`."""
+    match = ctx.data["match"]
+    m = re.match(r"^\s*#(\d{1,6})\s+(.+)$", match.group(2) or "")
+    if not m:
+        await ctx.reply("用法：/tag #编号 标签 … 例如 “/tag #3 vip”。 Usage: /tag #n tag …")
+        return
+    customer = await advisors.customer_by_handle(ctx.session, ctx.clerk.id, int(m.group(1)))
+    bound = await advisors.open_binding(ctx.session, customer.id) if customer else None
+    if customer is None or bound is None or bound[1].id != ctx.clerk.id:
+        await ctx.reply(f"#{m.group(1)} 不是您当前的顾客。 Not your customer.")
+        return
+    words = {w[:32] for w in m.group(2).split()}
+    old = set(customer.tags or [])
+    new = old - words if match.group(1) else old | words
+    customer.tags = sorted(new) or None
+    await ctx.log("tagged", customer_id=customer.id, clerk_id=ctx.clerk.id, store_id=customer.store_id,
+                  payload={"added": sorted(new - old), "removed": sorted(old - new)})
+    await ctx.reply(f"#{m.group(1)} {advisors.customer_name(customer)}：{' '.join(customer.tags or []) or '（无标签）'}")
 
 
 @router.on("message", text_match(r"^\s*/"), side="clerk")

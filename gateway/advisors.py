@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,6 +17,14 @@ from gateway.models import Identity as IdentityRow
 
 _SEEN_RESOLUTION = timedelta(minutes=1)
 _INVITE_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o/1/l/i: read aloud in a store
+
+
+def phone_hash(key: str, phone: str) -> str:
+    """A keyed hash: an 11-digit phone is too easy to brute-force from a plain one."""
+    import hmac
+
+    digits = phone.lstrip("+").removeprefix("86") if len(phone.lstrip("+")) == 13 else phone.lstrip("+")
+    return hmac.new(key.encode(), digits.encode(), hashlib.sha256).hexdigest()
 
 
 def customer_name(customer: Customer | None, identity: IdentityRow | None = None) -> str:

@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.privacy import MaskPhones
+
+    for h in logging.getLogger().handlers:
+        h.addFilter(MaskPhones())
     args = build_parser().parse_args(argv)
     return args.fn(args)
 

@@ -99,6 +99,7 @@ class Policies(_Section):
     remind_after_minutes: int | None = Field(10, ge=1)  # an unanswered customer reminds their clerk
     escalate_after_minutes: int | None = Field(30, ge=1)  # ... and then the store manager
     offhours_reply: bool = True  # outside the store's opening hours, say when the advisor is back
+    phone_hash_key: str | None = None  # keys the phone hash; needed to record customers' phones
 
     @field_validator("quiet_hours")
     @classmethod
