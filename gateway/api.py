@@ -518,14 +518,20 @@ async def customer_list(q: Req):
     return _page([_dump(r, q.gw.tz) for r in rows], q.limit())
 
 
+async def _customer(s, q: Req) -> Customer:
+    c = await s.get(Customer, q.param("customer_id"))
+    if c is None or c.merged_into_id is not None:
+        raise ApiError(404, "not_found", "no such customer" if c is None else
+                       f"merged into customer {c.merged_into_id}")
+    q.scoped_store(c.store_id)
+    return c
+
+
 @route("GET", "/customers/{customer_id}", roles=ALL)
 async def customer_get(q: Req):
     """A customer with identities, binding history and recent interactions."""
     async with q.gw.db() as s:
-        c = await s.get(Customer, q.param("customer_id"))
-        if c is None:
-            raise ApiError(404, "not_found", "no such customer")
-        q.scoped_store(c.store_id)
+        c = await _customer(s, q)
         idents = (await s.exec(select(Identity).where(Identity.customer_id == c.id))).all()
         bindings = (await s.exec(select(Binding).where(Binding.customer_id == c.id).order_by(Binding.valid_from))).all()
         history = (await s.exec(select(Interaction).where(Interaction.customer_id == c.id)
@@ -536,15 +542,6 @@ async def customer_get(q: Req):
     return {**_dump(c, tz), "identities": [_dump(i, tz) for i in idents],
             "bindings": [_dump(b, tz) for b in bindings], "history": [_dump(i, tz) for i in history],
             "unassigned": _dump(queued, tz) if queued else None}
-
-
-async def _customer(s, q: Req) -> Customer:
-    c = await s.get(Customer, q.param("customer_id"))
-    if c is None or c.merged_into_id is not None:
-        raise ApiError(404, "not_found", "no such customer" if c is None else
-                       f"merged into customer {c.merged_into_id}")
-    q.scoped_store(c.store_id)
-    return c
 
 
 @route("PATCH", "/customers/{customer_id}", roles=("admin", "store_manager"), body=CustomerPatch)

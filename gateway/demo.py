@@ -28,6 +28,7 @@ from gateway.app import create_app
 from gateway.config import build_config
 from gateway.db import upgrade
 from gateway.models import Binding, ChatMessage, Interaction, Outbox
+from gateway.models import Identity as IdentityRow
 from gateway.runtime import Gateway
 from gateway.tokens import create_token
 
@@ -115,6 +116,48 @@ async def wechat_contact_scene(gw: Gateway, server: str, http: aiohttp.ClientSes
     _step(8, f"WeChat user 陈先生 added the clerk by QR (state gw:{code}): bound; welcome: {text[:20]}…")
 
 
+async def clerk_leaves(gw: Gateway, server: str, http: aiohttp.ClientSession, h: dict, store_id: int, clerk_id: int,
+                       customer, sim, clerk_on: str, first: int) -> None:
+    """The brand keeps the relationship: 小林 leaves, 芳芳 takes over, the customer carries on."""
+    api = f"{server}/api/v1"
+    work_ids = {clerk_on: "clerk002"} if clerk_on == "wecom" else {}
+    fang = await _expect(await http.post(f"{api}/clerks", headers=h, json={
+        "name": "王芳", "display_name": "芳芳", "store_id": store_id, "work_ids": work_ids}), 201)
+    if clerk_on == "wecom":  # 芳芳 works in WeCom too
+        fang_wb = WeComClerk(sim, http, server, "clerk002")
+    else:
+        token = (await _expect(await http.post(f"{api}/clerks/{fang['id']}/token", headers=h), 201))["token"]
+        fang_wb = ClerkClient(http, server, token)
+    left = await _expect(await http.post(f"{api}/clerks/{clerk_id}/leave", headers=h,
+                                         json={"successor_id": fang["id"]}), 200)
+    outcomes = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in left["customers"].items())
+    intro = await customer.wait_for(lambda m: m["sender"] == {"name": "芳芳"})
+    _step(first, f"小林 left; customers handed to 芳芳 ({outcomes}); the customer hears: {intro['text'][:18]}…")
+    await customer.say("好的芳芳，那双37码周六来取")
+    seen = await fang_wb.wait_for(lambda m: "周六来取" in m["text"])
+    await fang_wb.say("好的，周六见！")
+    await customer.wait_for(lambda m: m["text"] == "好的，周六见！" and m["sender"] == {"name": "芳芳"})
+    _step(first + 1, f"the conversation carries on: 芳芳 sees {seen['text']} and answers")
+    if clerk_on == "wecom":  # the WeChat contact moves when WeCom says the transfer is done
+        for _ in range(50):
+            if sim.transfers:
+                break
+            await asyncio.sleep(0.05)
+        sim.settle_all(1)
+        await gw.adapters["wecom"].poll_once()
+        for _ in range(100):
+            async with gw.db() as s:
+                moved = (await s.execute(
+                    select(Binding.clerk_id).join(IdentityRow, IdentityRow.customer_id == Binding.customer_id)
+                    .where(IdentityRow.external_id == "wmDemoCustomer2", Binding.valid_to.is_(None)))).scalar()
+            if moved == fang["id"]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise StepFailed("the WeChat contact's binding did not move after the transfer")
+        _step(first + 2, "WeCom reported the contact's transfer done: 陈先生's binding moved to 芳芳")
+
+
 async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: str, sim=None,
                 clerk_on: str = "workbench") -> dict:
     async with gw.db() as s:
@@ -161,6 +204,8 @@ async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: s
     _step(7, "customer replied 退订: opted out of promotions")
     if clerk_on == "wecom":
         await wechat_contact_scene(gw, server, http, sim, invite["code"])
+    await clerk_leaves(gw, server, http, h, store["id"], clerk["id"], customer, sim, clerk_on,
+                       first=9 if clerk_on == "wecom" else 8)
 
     await asyncio.sleep(0.2)
     async with gw.db() as s:
@@ -203,7 +248,7 @@ async def main(clerk_on: str = "workbench") -> int:
 
         key = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")  # an EncodingAESKey: 43 chars
         sim = WeComSimulator(corp_id="wwdemocorp0001", agent_id="1000002", secret=secrets.token_hex(16),
-                             token="demotoken", encoding_aes_key=key, members=["clerk001"])
+                             token="demotoken", encoding_aes_key=key, members=["clerk001", "clerk002"])
         sim_runner, sim_url = await _start(sim.app())
         accounts = [{"name": "wecom", "platform": "wecom", "corp_id": "wwdemocorp0001", "agent_id": "1000002",
                      "secret": sim.secret, "token": "demotoken", "encoding_aes_key": key, "api_base": sim_url}]
@@ -214,7 +259,9 @@ async def main(clerk_on: str = "workbench") -> int:
             "database": {"url": url},
             "server": {"first_run_seed": False},
             "outbox": {"poll_interval": 0.05},
-            "accounts": [*accounts, {"name": "webchat", "platform": "webchat", "secret": secret}],
+            # The workbench stays on in every mode: a colleague without a work IM account uses it.
+            "accounts": [*accounts, *([] if sim is None else [{"name": "workbench", "platform": "workbench"}]),
+                         {"name": "webchat", "platform": "webchat", "secret": secret}],
         }, env={})
         await upgrade(url)
         gw = Gateway(cfg)

@@ -92,7 +92,7 @@ async def erase(session, customer: Customer, now: datetime, by: str) -> dict:
         await session.execute(update(Transfer).where(Transfer.account == account, Transfer.external_id == old)
                               .values(external_id=new))
     await session.execute(update(ChatMessage).where(ChatMessage.customer_id == cid)
-                          .values(text=None, segments=[], sender_name=None))
+                          .values(text="", segments=[], sender_name=None))
     await session.execute(update(Outbox).where(Outbox.customer_id == cid, Outbox.status.in_(("pending", "held")))
                           .values(status="cancelled", last_error="customer erased"))
     await session.execute(update(Outbox).where(Outbox.customer_id == cid)

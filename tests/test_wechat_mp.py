@@ -42,14 +42,14 @@ def sim(clock):
     return make_sim(clock)
 
 
-async def build(sim, clock, aiohttp_server, aiohttp_client, db_url, **acc):
+async def build(sim, clock, aiohttp_server, aiohttp_client, db_url, policies=None, **acc):
     server = await aiohttp_server(sim.app())
     base = str(server.make_url("")).rstrip("/")
     account = {"name": "mp", "platform": "wechat_mp", "app_id": APP_ID, "app_secret": SECRET, "token": TOKEN,
                "encoding_aes_key": AES_KEY, "api_base": base, "qr_base": base, "timeout": 2, **acc}
     cfg = make_config(db_url, accounts=[{"name": "workbench", "platform": "workbench"}, account,
                                         {"name": "webchat", "platform": "webchat", "secret": WEBCHAT_SECRET}],
-                      outbox={"poll_interval": 0.05, "backoff_base": 0.05})
+                      outbox={"poll_interval": 0.05, "backoff_base": 0.05}, policies=policies or {})
     gw = Gateway(cfg, clock=clock)
     client = await aiohttp_client(create_app(gw))
     gw.config.server.public_url = str(client.make_url("")).rstrip("/")
@@ -336,3 +336,27 @@ async def test_a_menu_tap_does_not_cut_short_the_48_hour_window(mp, sim, clock):
         await clerk.say(f"#1 款式{i}")
     await wait_until(lambda: len([t for t in custom_texts(sim, "oMenu") if t.startswith("款式")]) == 4)
     assert await count(gw, Outbox, Outbox.status == "held") == 0
+
+
+
+async def test_ask_customer_a_follower_scanning_another_advisor_is_asked_and_switches_on_yes(
+        sim, clock, aiohttp_server, aiohttp_client, db_url):
+    gw, client, world, clerk, _ = await build(sim, clock, aiohttp_server, aiohttp_client, db_url,
+                                              policies={"binding": "ask_customer"})
+    cid = await follow(gw, client, sim, "oIvy", world.invite)
+    async with gw.db() as s:
+        other = (await advisors.create_invite(s, world.clerk2_id)).code
+        await s.commit()
+    await client.get(f"/wechat_mp/mp/qr/{other}", allow_redirects=False)
+    await post(client, sim.scan("oIvy", f"gw:{other}"))
+    await wait_until(lambda: any("芳芳" in t and "换" in t for t in custom_texts(sim, "oIvy")))
+    assert (await open_binding(gw, cid)).clerk_id == world.clerk_id  # nothing changes until they say yes
+    await post(client, sim.text("oIvy", "换"))
+    await wait_until(lambda: any("我是芳芳" in t for t in custom_texts(sim, "oIvy")))
+    async with gw.db() as s:
+        rows = (await s.exec(select(Binding).where(Binding.customer_id == cid).order_by(Binding.id))).all()
+    assert [(b.clerk_id, b.end_reason) for b in rows] == [(world.clerk_id, "customer_switched"), (world.clerk2_id, None)]
+    assert rows[1].source.startswith("switch:")
+    await post(client, sim.text("oIvy", "换"))  # no open question now: just a message for the advisor
+    await wait_until(lambda: count(gw, ChatMessage, ChatMessage.clerk_id == world.clerk2_id,
+                                   ChatMessage.direction == "out", ChatMessage.text.contains("】换")))
