@@ -28,10 +28,10 @@ from gateway.models import (
 )
 from gateway.models import Identity as IdentityRow
 
-# Interaction payload values kept after erasure: ids, counts and enumerations, never free text.
-SAFE_PAYLOAD = {"channel", "account", "status", "reason", "source", "code", "binding_id", "outbox_id",
-                "transfer_id", "from_clerk_id", "to_clerk_id", "chars", "seconds", "consent_version", "platform",
-                "conversation_id", "merged_customer_id", "invite"}
+# Interaction payload kept after erasure: enumerations, and ids and counts — never free text.
+ENUM_KEYS = {"channel", "account", "status", "reason", "source", "code", "platform", "consent_version"}
+NUMBER_KEYS = {"binding_id", "outbox_id", "transfer_id", "from_clerk_id", "to_clerk_id", "chars", "seconds",
+               "conversation_id", "merged_customer_id"}
 _PHONE = re.compile(r"(?<![\d+])((?:\+?86)?1[3-9]\d)\d{4}(\d{4})(?!\d)")
 
 
@@ -98,8 +98,8 @@ async def erase(session, customer: Customer, now: datetime, by: str) -> dict:
     await session.execute(update(Outbox).where(Outbox.customer_id == cid)
                           .values(message={"segments": [], "erased": True}, target={"erased": True}))
     for it in (await session.exec(select(Interaction).where(Interaction.customer_id == cid))).all():
-        it.payload = {k: v for k, v in (it.payload or {}).items() if k in SAFE_PAYLOAD and not isinstance(v, str)
-                      or k in ("channel", "account", "status", "reason", "source", "code", "platform")}
+        it.payload = {k: v for k, v in (it.payload or {}).items()
+                      if k in ENUM_KEYS or (k in NUMBER_KEYS and isinstance(v, int | float))}
     current = await advisors.open_binding(session, cid)
     if current is not None:
         await advisors.close_binding(session, current[0], now, "erased")
