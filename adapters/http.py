@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiohttp
+from aiohttp import web
 
 from gateway.adapter import Retryable
 
@@ -108,6 +109,19 @@ class ApiClient:
                 return body, resp.content_type
         except (TimeoutError, aiohttp.ClientError) as e:
             raise Retryable(f"network: {type(e).__name__}: {e}") from None
+
+
+async def media_response(download, media_id: str) -> web.StreamResponse:
+    """A media route's answer: the platform's file passed through (its token never leaves us)."""
+    from gateway.adapter import Permanent
+    from gateway.ingress import error_response
+
+    try:
+        body, ctype = await download(media_id)
+    except (Retryable, Permanent) as e:
+        return error_response(502, "upstream", str(e))
+    return web.Response(body=body, content_type=ctype or "application/octet-stream",
+                        headers={"Cache-Control": "private, max-age=86400"})
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float:

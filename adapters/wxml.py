@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import xmltodict
 
 from gateway.adapter import BadRequest
+from gateway.model import Segment
 
 
 def xml_fields(text: str | bytes, what: str = "body") -> dict[str, str]:
@@ -40,3 +41,44 @@ def split_text(text: str, limit: int = 2048) -> list[str]:
         out.append(text[:cut])
         text = text[cut:]
     return [*out, text] if text else out
+
+
+def need(d: dict, key: str) -> str:
+    v = d.get(key)
+    if not v:
+        raise BadRequest(f"{key} is missing", field=key)
+    return v
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def segments(d: dict, media_prefix: str, *, pic_first: bool) -> list[Segment]:
+    """The message types WeCom apps and the Official Account share (same XML): media are links
+    to the adapter's media route. `pic_first`: use the platform's public PicUrl for images."""
+    media = f"{media_prefix}/{d.get('MediaId', '')}"
+    match d.get("MsgType"):
+        case "text":
+            text = d.get("Content", "").strip()
+            return [Segment.text(text)] if text else []
+        case "image":
+            url = d.get("PicUrl") if pic_first or not d.get("MediaId") else media
+            return [Segment("image", {"url": url or media})]
+        case "voice":  # WeChat's own transcription rides along when the account enabled it
+            out = [Segment("voice", {"url": media, "format": d.get("Format", "")})]
+            return out + ([Segment.text(f"(语音) {d['Recognition']}")] if d.get("Recognition") else [])
+        case "video" | "shortvideo":
+            return [Segment("file", {"name": "视频", "url": media})]
+        case "file":  # not in the documented receive lists; accepted should one arrive
+            return [Segment("file", {"name": d.get("FileName") or d.get("Title") or "文件", "url": media})]
+        case "location":
+            return [Segment("location", {"lat": _num(d.get("Location_X")), "lng": _num(d.get("Location_Y")),
+                                         "label": d.get("Label", "")})]
+        case "link":
+            return [Segment("link", {"title": d.get("Title", ""), "url": d.get("Url", ""),
+                                     "description": d.get("Description", "")})]
+    return []

@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from adapters.http import media_response
 from adapters.webim import read_body
 from adapters.wechat_mp import codec, crypto, events
 from adapters.wechat_mp.api import WeChatMpApi
@@ -190,12 +191,8 @@ class WeChatMpAdapter(Adapter):
     # -- routes ---------------------------------------------------------------------------------
 
     async def _media(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body, ctype = await self.api.media(request.match_info["code"])
-        except (Retryable, Permanent) as e:
-            return error_response(502, "upstream", str(e))
-        return web.Response(body=body, content_type=ctype or "application/octet-stream",
-                            headers={"Cache-Control": "private, max-age=86400"})
+        """A voice note or video a customer sent, passed through."""
+        return await media_response(self.api.media, request.match_info["code"])
 
     async def _advisor_qr(self, request: web.Request) -> web.StreamResponse:
         """The advisor's QR code for an invite: following or scanning it binds (scene "gw:<invite>")."""

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from adapters.wxml import create_time
-from gateway.adapter import BadRequest
-from gateway.model import Event, Identity, Message, Segment
+from adapters.wxml import create_time, need
+from adapters.wxml import segments as wxml_segments
+from gateway.model import Event, Identity, Message
 
 PLATFORM = "wechat_mp"
 SCENE_PREFIX = "gw:"  # qrcode/create scene_str = "gw:<invite>"; other codes of the brand are left alone
@@ -31,43 +31,6 @@ class WeChatMpRaw:
     media_prefix: str = ""
     echo: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _need(d: dict, key: str) -> str:
-    v = d.get(key)
-    if not v:
-        raise BadRequest(f"{key} is missing", field=key)
-    return v
-
-
-def _num(v: str | None) -> float | None:
-    try:
-        return float(v) if v is not None else None
-    except ValueError:
-        return None
-
-
-def _segments(raw: WeChatMpRaw) -> list[Segment]:
-    d = raw.data
-    media = f"{raw.media_prefix}/{d.get('MediaId', '')}"
-    match d.get("MsgType"):
-        case "text":
-            text = d.get("Content", "").strip()
-            return [Segment.text(text)] if text else []
-        case "image":
-            return [Segment("image", {"url": d.get("PicUrl") or media})]
-        case "voice":  # a media link; WeChat's own transcription rides along when enabled
-            out = [Segment("voice", {"url": media, "format": d.get("Format", "")})]
-            return out + ([Segment.text(f"(语音) {d['Recognition']}")] if d.get("Recognition") else [])
-        case "video" | "shortvideo":
-            return [Segment("file", {"name": "视频", "url": media})]
-        case "location":
-            return [Segment("location", {"lat": _num(d.get("Location_X")), "lng": _num(d.get("Location_Y")),
-                                         "label": d.get("Label", "")})]
-        case "link":
-            return [Segment("link", {"title": d.get("Title", ""), "url": d.get("Url", ""),
-                                     "description": d.get("Description", "")})]
-    return []
 
 
 def _scene(d: dict) -> str | None:
@@ -118,13 +81,13 @@ def parse(raw: WeChatMpRaw) -> list[Event]:
     if raw.kind == "poll":
         return _poll(raw)
     d = raw.data
-    kind = _need(d, "MsgType")
-    sender = Identity(PLATFORM, raw.account, _need(d, "FromUserName"))
+    kind = need(d, "MsgType")
+    sender = Identity(PLATFORM, raw.account, need(d, "FromUserName"))
     at = create_time(d, raw.received_at)
     if kind == "event":
         return _event(raw, sender, at)
-    msg_id = _need(d, "MsgId")
-    segments = _segments(raw)
+    msg_id = need(d, "MsgId")
+    segments = wxml_segments(raw.data, raw.media_prefix, pic_first=True)
     if not segments:
         return []
     return [Event("message", "customer", sender, f"msg:{msg_id}", at, message=Message(segments),

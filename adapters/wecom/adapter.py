@@ -20,6 +20,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from adapters.http import media_response
 from adapters.webim import read_body
 from adapters.wecom import codec, events
 from adapters.wecom.api import WeComApi, WeComError
@@ -288,12 +289,7 @@ class WeComAdapter(Adapter):
 
     async def _media(self, request: web.Request) -> web.StreamResponse:
         """A file a clerk sent, fetched with the app token (never exposed) and passed through."""
-        try:
-            body, ctype = await self.api.media(request.match_info["code"])
-        except (Retryable, Permanent) as e:
-            return error_response(502, "upstream", str(e))
-        return web.Response(body=body, content_type=ctype or "application/octet-stream",
-                            headers={"Cache-Control": "private, max-age=86400"})
+        return await media_response(self.api.media, request.match_info["code"])
 
     async def _contact_qr(self, request: web.Request) -> web.StreamResponse:
         """The advisor's WeCom contact QR for an invite (`state` ties the scan to it), made once."""

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from adapters.wxml import create_time
+from adapters.wxml import create_time, need
+from adapters.wxml import segments as wxml_segments
 from gateway.adapter import BadRequest
-from gateway.model import Event, Identity, Message, Segment
+from gateway.model import Event, Identity, Message
 
 PLATFORM = "wecom"
 STATE_PREFIX = "gw:"  # add_contact_way state = "gw:<invite code>"; other tools' states are left alone
@@ -37,48 +38,10 @@ class WeComRaw:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _need(d: dict, key: str) -> str:
-    v = d.get(key)
-    if not v:
-        raise BadRequest(f"{key} is missing", field=key)
-    return v
-
-
-def _segments(raw: WeComRaw) -> list[Segment]:
-    d = raw.data
-    media = f"{raw.media_prefix}/{d.get('MediaId', '')}"
-    match d.get("MsgType"):
-        case "text":
-            text = d.get("Content", "").strip()
-            return [Segment.text(text)] if text else []
-        case "image":
-            return [Segment("image", {"url": media if d.get("MediaId") else d.get("PicUrl", "")})]
-        case "voice":
-            return [Segment("voice", {"url": media, "format": d.get("Format", "")})]
-        case "video":
-            return [Segment("file", {"name": "视频", "url": media})]
-        case "file":  # not in the receive list of page 90239; accepted should WeCom send one
-            return [Segment("file", {"name": d.get("FileName") or d.get("Title") or "文件", "url": media})]
-        case "location":
-            return [Segment("location", {"lat": _num(d.get("Location_X")), "lng": _num(d.get("Location_Y")),
-                                         "label": d.get("Label", "")})]
-        case "link":
-            return [Segment("link", {"title": d.get("Title", ""), "url": d.get("Url", ""),
-                                     "description": d.get("Description", "")})]
-    return []
-
-
-def _num(v: str | None) -> float | None:
-    try:
-        return float(v) if v is not None else None
-    except ValueError:
-        return None
-
-
 def _message(raw: WeComRaw) -> list[Event]:
     d = raw.data
-    msg_id, user = _need(d, "MsgId"), _need(d, "FromUserName")
-    segments = _segments(raw)
+    msg_id, user = need(d, "MsgId"), need(d, "FromUserName")
+    segments = wxml_segments(raw.data, raw.media_prefix, pic_first=False)
     if not segments:
         return []
     return [Event("message", "clerk", Identity(PLATFORM, raw.account, user), f"msg:{msg_id}", create_time(d, raw.received_at),
@@ -91,11 +54,11 @@ def _contact_event(raw: WeComRaw, at: datetime, key: str) -> list[Event]:
     if change not in ("add_external_contact", "add_half_external_contact", "del_external_contact",
                       "del_follow_user", "transfer_fail"):
         return []  # edit_external_contact and friends: nothing the gateway keeps changes
-    customer = Identity(PLATFORM, raw.account, _need(d, "ExternalUserID"))
+    customer = Identity(PLATFORM, raw.account, need(d, "ExternalUserID"))
     if change in ("add_external_contact", "add_half_external_contact"):
         state = d.get("State", "")
         payload = {"invite": state[len(STATE_PREFIX):] if state.startswith(STATE_PREFIX) else None,
-                   "advisor": _need(d, "UserID"), "state": state or None, "consent": True,
+                   "advisor": need(d, "UserID"), "state": state or None, "consent": True,
                    "consent_how": "added the advisor as a WeChat contact"}
         if d.get("WelcomeCode"):
             payload |= {"reply_token": d["WelcomeCode"],
@@ -123,7 +86,7 @@ def _event(raw: WeComRaw) -> list[Event]:
     if event == "change_external_contact":
         return _contact_event(raw, at, key)
     if event == "change_contact" and d.get("ChangeType") == "delete_user":
-        return [Event("clerk_left", "clerk", Identity(PLATFORM, raw.account, _need(d, "UserID")), key, at,
+        return [Event("clerk_left", "clerk", Identity(PLATFORM, raw.account, need(d, "UserID")), key, at,
                       payload={"reason": "left_org"})]
     return []  # enter_agent, menu clicks, other org changes: acknowledged, nothing to do
 
