@@ -766,3 +766,7 @@ async def outbox_retry(q: Req):
 
 
 assert set(ROLES) >= set(ALL)
+
+
+# The catalogue and campaign routes live in their own module and join the same table.
+import gateway.api_campaigns  # noqa: E402, F401

@@ -104,6 +104,16 @@ async def invite_qr(request: web.Request) -> web.Response:
     return qr_response(request.app[GATEWAY].invite_url(invite.code), request.match_info["kind"])
 
 
+async def tracked_link(request: web.Request) -> web.StreamResponse:
+    """A campaign's tracked link: the click is logged (campaign, customer, clerk), then 302."""
+    from gateway.campaigns import click
+
+    url = await click(request.app[GATEWAY], request.match_info["token"][:32])
+    if url is None:
+        raise web.HTTPNotFound(reason="no such link")
+    raise web.HTTPFound(url)
+
+
 async def openapi(request: web.Request) -> web.Response:
     from gateway.openapi import document
 
@@ -129,6 +139,7 @@ def create_app(gw: Gateway, *, manage_lifecycle: bool = True) -> web.Application
             app.router.add_route(r.method, r.path, r.handler, name=r.name)
     app.router.add_route("*", "/callbacks/{account}", callback)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/t/{token}", tracked_link)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/i/{code}", invite_landing)
     app.router.add_get(r"/i/{code}/qr.{kind:png|svg}", invite_qr)

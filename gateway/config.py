@@ -125,6 +125,12 @@ class OrdersConfig(_Section):
     webhook_secret: str | None = None
 
 
+class CampaignsConfig(_Section):
+    tick_seconds: float = Field(5.0, gt=0)  # how often schedules are checked and runs picked up
+    misfire_grace_seconds: int = Field(3600, ge=0)  # a fire time missed by more (gateway down) is skipped
+    batch: int = Field(2000, ge=10, le=50_000)  # customers materialised per transaction
+
+
 def _default_accounts() -> list[dict]:
     # The embedded default: built-in clerk workbench and customer webchat. The webchat secret is
     # random per process, so only the page's dev sign-in works until a config sets a real one.
@@ -144,6 +150,7 @@ class Config(_Section):
     orders: OrdersConfig = OrdersConfig()
     outbox: OutboxConfig = OutboxConfig()
     ingress: IngressConfig = IngressConfig()
+    campaigns: CampaignsConfig = CampaignsConfig()
 
     @field_validator("timezone")
     @classmethod

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import JSON, Field, SQLModel
 
-from gateway.db import UTCDateTime, utcnow
+from gateway.db import Money, UTCDateTime, utcnow
 
 metadata = SQLModel.metadata
 
@@ -285,6 +286,110 @@ class AuditEntry(SQLModel, table=True):
     path: str = Field(max_length=300)
     status: int
     detail: dict | None = Field(default=None, sa_type=JSON)
+
+
+class Product(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    sku: str = Field(max_length=64, unique=True)
+    name: str = Field(max_length=200)
+    price: Decimal = Field(sa_type=Money)
+    image_url: str | None = Field(default=None, max_length=500)
+    url: str | None = Field(default=None, max_length=500)
+    store_ids: list | None = Field(default=None, sa_type=JSON)  # stocked in; None: everywhere
+    created_at: datetime = _ts()
+
+
+class Coupon(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    value: Decimal = Field(sa_type=Money)
+    valid_from: datetime = _ts()
+    valid_to: datetime = _ts()
+    created_at: datetime = _ts()
+
+
+class CouponCode(SQLModel, table=True):
+    """The pool: one unique code per customer, issued once, redeemed by an order."""
+
+    __tablename__ = "coupon_code"
+    __table_args__ = (
+        sa.UniqueConstraint("coupon_id", "code", name="uq_coupon_code"),
+        sa.Index("uq_coupon_customer", "coupon_id", "customer_id", unique=True,
+                 sqlite_where=sa.text("customer_id IS NOT NULL"), postgresql_where=sa.text("customer_id IS NOT NULL")),
+        sa.Index("ix_coupon_free", "coupon_id", "customer_id", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    coupon_id: int = Field(foreign_key="coupon.id")
+    code: str = Field(max_length=64)
+    customer_id: int | None = Field(default=None, foreign_key="customer.id")
+    issued_at: datetime | None = _ts(nullable=True)
+    redeemed_at: datetime | None = _ts(nullable=True)
+    order_id: str | None = Field(default=None, max_length=128)
+
+
+class Campaign(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_campaign_due", "status", "next_run_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    kind: str = Field(max_length=20)  # coupon | new_product | notice
+    content: dict = Field(sa_type=JSON)  # {"text", "product_id"?, "link"?}
+    coupon_id: int | None = Field(default=None, foreign_key="coupon.id")
+    audience: dict = Field(default_factory=dict, sa_type=JSON)
+    sender: str = Field(default="advisor", max_length=10)  # advisor | brand
+    schedule: dict | None = Field(default=None, sa_type=JSON)  # {"at"} | {"cron", "until"?}
+    holdout_pct: int = 0
+    mode: str = Field(default="direct", max_length=20)  # direct | clerk_assisted
+    status: str = Field(default="draft", max_length=20)  # draft | scheduled | done | cancelled
+    next_run_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts()
+
+
+class CampaignRun(SQLModel, table=True):
+    """One firing of a campaign, keyed by its scheduled time: a restart, a misfire or a second
+    scheduler cannot create it twice."""
+
+    __tablename__ = "campaign_run"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "scheduled_for", name="uq_run_time"),
+                      sa.Index("ix_run_status", "status"))
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    scheduled_for: datetime = _ts()
+    status: str = Field(default="pending", max_length=20)  # pending | materializing | dispatching | done | cancelled
+    cursor: int = 0  # the last customer id materialized: a crashed run resumes after it
+    counts: dict = Field(default_factory=dict, sa_type=JSON)  # audience, queued, excluded by rule …
+    claimed_by: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = _ts(nullable=True)
+    started_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class Delivery(SQLModel, table=True):
+    """A campaign run's decision for one customer: queued (with its outbox row) or excluded, why."""
+
+    __table_args__ = (sa.UniqueConstraint("run_id", "customer_id", name="uq_delivery"),
+                      sa.Index("ix_delivery_outbox", "outbox_id"))
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="campaign_run.id")
+    customer_id: int = Field(foreign_key="customer.id")
+    clerk_id: int | None = None
+    status: str = Field(max_length=20)  # queued | excluded
+    reason: str | None = Field(default=None, max_length=32)  # opted_out, quiet_hours, cap, holdout, no_channel …
+    channel: str | None = Field(default=None, max_length=32)
+    outbox_id: int | None = None
+    created_at: datetime = _ts()
+
+
+class TrackedLink(SQLModel, table=True):
+    __tablename__ = "tracked_link"
+    id: int | None = Field(default=None, primary_key=True)
+    token: str = Field(max_length=32, unique=True)
+    url: str = Field(max_length=1000)
+    campaign_id: int | None = None
+    run_id: int | None = None
+    customer_id: int | None = None
+    clerk_id: int | None = None
+    created_at: datetime = _ts()
+    clicked_at: datetime | None = _ts(nullable=True)  # the first click
 
 
 class Interaction(SQLModel, table=True):

@@ -19,14 +19,15 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 
 from gateway.adapter import Deferred, Permanent, Retryable
 from gateway.batch import Batcher
 from gateway.interactions import log_interaction
 from gateway.model import Message, Target
-from gateway.models import ChatMessage, Customer, Outbox
+from gateway.models import ChatMessage, Customer, Interaction, Outbox
 from gateway.ratelimit import TokenBucket
+from gateway.service import quiet_until
 from gateway.sql import insert_ignore
 
 if TYPE_CHECKING:
@@ -148,6 +149,34 @@ class OutboxWorker:
                                            **({"code": code, "reason": why} if code else {})})
         return outbox_id
 
+    async def enqueue_many(self, session, items: list[tuple[Target, Message, str]], *, kind: str,
+                           campaign_id: int | None = None, not_before: datetime | None = None) -> list[int]:
+        """Bulk enqueue for campaign runs: policies were decided by the caller for the whole batch,
+        so this is three multi-row INSERTs (messages, outbox rows, interactions), not 3 × N."""
+        if not items:
+            return []
+        now = self.gw.clock.now()
+        msg = ChatMessage.__table__
+        msg_ids = (await session.execute(
+            msg.insert().returning(msg.c.id, sort_by_parameter_order=True),
+            [{"direction": "out", "side": t.side, "platform": t.identity.platform, "account": t.identity.account,
+              "peer_id": t.identity.external_id, "customer_id": t.customer_id, "clerk_id": t.clerk_id,
+              "segments": [sg.to_dict() for sg in m.segments], "text": m.plain_text, "sender_name": m.sender_name,
+              "status": "queued", "created_at": now} for t, m, _ in items])).scalars().all()
+        ob = Outbox.__table__
+        ids = (await session.execute(
+            ob.insert().returning(ob.c.id, sort_by_parameter_order=True),
+            [{"idem_key": key, "platform": t.identity.platform, "account": t.identity.account, "target": t.to_dict(),
+              "message": m.to_dict(), "kind": kind, "priority": PRIORITY.get(kind, 0), "status": "pending",
+              "attempts": 0, "next_attempt_at": not_before or now, "customer_id": t.customer_id,
+              "clerk_id": t.clerk_id, "campaign_id": campaign_id, "message_id": mid, "created_at": now}
+             for (t, m, key), mid in zip(items, msg_ids, strict=True)])).scalars().all()
+        await session.execute(insert(Interaction.__table__), [
+            {"type": "push_queued", "occurred_at": now, "customer_id": t.customer_id, "clerk_id": t.clerk_id,
+             "store_id": None, "campaign_id": campaign_id, "payload": {"outbox_id": oid, "channel": t.identity.platform}}
+            for (t, _, _), oid in zip(items, ids, strict=True)])
+        return list(ids)
+
     async def _push_refusal(self, session, adapter, target: Target, now) -> tuple[str | None, str | None]:
         """Why a push may not go to this customer now: opted out, or the platform's per-customer cap."""
         customer = await session.get(Customer, target.customer_id)
@@ -218,6 +247,11 @@ class OutboxWorker:
         message = Message.from_dict(row.message)
         message.ref = {"id": row.message_id, "created_at": row.created_at.isoformat()}
         target = Target.from_dict(row.target)
+        if row.kind in PUSH_KINDS:  # a push due in quiet hours waits for their end, without spending an attempt
+            end = quiet_until(self.gw.config.policies.quiet_hours, self.gw.clock.now().astimezone(self.gw.tz))
+            if end is not None:
+                wait = (end - self.gw.clock.now()).total_seconds()
+                return await self._retry(row, f"quiet hours until {end:%H:%M}", wait, spend_attempt=False)
         async with self._peer_lock(row.account, target.identity.external_id):
             try:
                 await self.limiter(row.account).acquire()  # spend the platform's cap on the send itself

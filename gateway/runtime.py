@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots import root_router
-from gateway import advisors, fallback, handover, service
+from gateway import advisors, fallback, handover, scheduler, service
 from gateway.adapter import Adapter, adapter_class
 from gateway.clock import Clock
 from gateway.config import Config
@@ -69,6 +69,7 @@ class Gateway:
         self._tokens: dict[str, tuple[float, Principal | None]] = {}
         self.started = False
         self._sla: asyncio.Task | None = None
+        self._scheduler: asyncio.Task | None = None
 
     @property
     def base_url(self) -> str:
@@ -87,6 +88,8 @@ class Gateway:
             await self.ingress.start()
             self.outbox.start()
             self._sla = asyncio.create_task(self._sla_loop(), name="sla")
+            self._scheduler = asyncio.create_task(scheduler.loop(self, self.config.campaigns.tick_seconds),
+                                                  name="campaign-scheduler")
         self.started = True
 
     async def _sla_loop(self, every: float = 30.0) -> None:
@@ -103,9 +106,10 @@ class Gateway:
     async def stop(self) -> None:
         """Drain: finish in-flight inbound work, then in-flight sends, then close."""
         grace = self.config.server.shutdown_grace
-        if self._sla is not None:
-            self._sla.cancel()
-            await asyncio.gather(self._sla, return_exceptions=True)
+        for task in (self._sla, self._scheduler):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.ingress.stop(grace)
         await self.outbox.stop(grace)
         for adapter in self.adapters.values():

@@ -161,3 +161,16 @@ async def _notify(s, gw: Gateway, conv: Conversation, step: str, now: datetime) 
         return 0
     await gw.outbox.enqueue(s, target, Message.of_text(text), idem_key=f"sla:{step}:{conv.id}", kind="notice")
     return 1
+
+
+def quiet_until(spec: str | None, local: datetime) -> datetime | None:
+    """The end of the quiet window `local` falls in ("22:00-08:00" may span midnight), else None."""
+    if not spec:
+        return None
+    a, b = (time.fromisoformat(x) for x in spec.split("-"))
+    t = local.time()
+    inside = a <= t < b if a < b else (t >= a or t < b)
+    if not inside:
+        return None
+    end = datetime.combine(local.date(), b, local.tzinfo)
+    return end if end > local else end + timedelta(days=1)
