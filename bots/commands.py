@@ -1,4 +1,4 @@
-"""Clerk commands in the work IM: /help, /customers, /qr, /tag, /untag."""
+"""Clerk commands in the work IM: /help, /customers, /qr, /tag, /untag, /campaigns, /forward."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 from sqlmodel import select
 
-from gateway import advisors
+from gateway import advisors, campaigns
 from gateway.model import Message, Segment
 from gateway.models import Invite
 from gateway.router import Ctx, Router, text_match
@@ -17,6 +17,8 @@ HELP = """可用指令 Commands:
 /customers  我的顾客及编号 your customers and their #n
 /qr         我的专属邀请码与二维码 your invite link and QR code
 /tag #n vip   给顾客加标签 tag a customer (/untag #n vip removes it)
+/campaigns  可转发的活动 campaigns you can forward
+/forward 12 把活动12以您的名义发给您的顾客 send campaign 12 to your customers
 /help       本帮助 this help
 回复顾客：#编号 内容，例如 “#1 您好”；直接发文字则发给当前顾客。
 Reply with “#n text”; bare text goes to your current customer."""
@@ -61,6 +63,30 @@ async def qr(ctx: Ctx):
                  Segment("image", {"url": f"{url}/qr.png", "alt": f"QR {invite.code}"})]),
         suffix="qr", kind="notice",
     )
+
+
+@router.on("message", text_match(r"^\s*/campaigns\b"), side="clerk")
+async def campaigns_(ctx: Ctx):
+    rows = await campaigns.clerk_campaigns(ctx.session, ctx.clerk, ctx.now())
+    if not rows:
+        await ctx.reply("目前没有可转发的活动。 No campaigns to forward right now.")
+        return
+    await ctx.reply("可转发的活动 Campaigns:\n" + "\n".join(f"/forward {c.id}  {c.name}" for c in rows))
+
+
+@router.on("message", text_match(r"^\s*/forward\b\s*(\d*)"), side="clerk")
+async def forward(ctx: Ctx):
+    num = ctx.data["match"].group(1)
+    if not num:
+        await ctx.reply("用法：/forward 活动编号（发送 /campaigns 查看）。 Usage: /forward <campaign id>.")
+        return
+    out = await campaigns.forward(ctx.gw, ctx.session, int(num), ctx.clerk)
+    if isinstance(out, str):
+        await ctx.reply(out)
+        return
+    why = "，".join(f"{k} {v}" for k, v in out["excluded"].items())
+    await ctx.reply(f"已以您的名义发送给 {out['sent']} 位顾客" + (f"（未发送：{why}）" if why else "") +
+                    f"。 Sent to {out['sent']} customers.")
 
 
 @router.on("message", text_match(r"^\s*/(un)?tag\b(.*)$"), side="clerk")

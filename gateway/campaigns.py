@@ -16,6 +16,7 @@ import secrets
 import string
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
@@ -245,13 +246,23 @@ async def materialize(gw: Gateway, run_id: int, *, batch: int | None = None) -> 
             rows = await audience_batch(s, campaign.audience, stores, run.cursor, batch)
             if not rows:
                 run.status, counts = "dispatching", dict(run.counts or {})
+                if campaign.mode == "clerk_assisted":
+                    counts["clerks_briefed"] = await _brief_clerks(s, gw, campaign, run, counts.pop("_per_clerk", {}))
+                    run.counts = counts
                 await s.commit()
                 break
             now = gw.clock.now()
             members = [r for r in rows if _tagged(r, tags)]
             decisions = await decide(s, gw, campaign, f"run:{run.id}", members, now)
             counts = dict(run.counts or {})
-            queued = await _write_batch(s, gw, campaign, run, product, decisions, now)
+            if campaign.mode == "clerk_assisted":  # count each clerk's reachable customers; briefs at the end
+                queued = 0
+                per = counts.setdefault("_per_clerk", {})
+                for d in decisions:
+                    if d.reason is None and d.clerk_id:
+                        per[str(d.clerk_id)] = per.get(str(d.clerk_id), 0) + 1
+            else:
+                queued = await _write_batch(s, gw, campaign, run, product, decisions, now)
             counts["audience"] = counts.get("audience", 0) + len(members)
             counts["queued"] = counts.get("queued", 0) + queued
             for d in decisions:
@@ -370,9 +381,16 @@ async def report(gw: Gateway, campaign: Campaign) -> dict:
                     .where(CouponCode.coupon_id == campaign.coupon_id, CouponCode.redeemed_at.is_not(None))
                 )).scalar_one()
             c = r.counts or {}
-            out.append({"id": r.id, "scheduled_for": r.scheduled_for.astimezone(gw.tz).isoformat(), "status": r.status,
+            extra = {}
+            if campaign.mode == "clerk_assisted":  # the share rate: clerks briefed, clerks who forwarded
+                forwarded = (await s.execute(select(func.count(func.distinct(Delivery.clerk_id))).where(
+                    Delivery.run_id == r.id, Delivery.status == "queued"))).scalar_one()
+                extra = {"clerks_briefed": c.get("clerks_briefed", 0), "clerks_forwarded": forwarded,
+                         "share_rate": round(forwarded / c["clerks_briefed"], 3) if c.get("clerks_briefed") else None}
+            out.append({**extra, "id": r.id, "scheduled_for": r.scheduled_for.astimezone(gw.tz).isoformat(), "status": r.status,
                         "audience": c.get("audience", 0), "queued": c.get("queued", 0),
                         "excluded": {k: c[k] for k in RULES if c.get(k)},
+                        "progress": {"materialized": c.get("audience", 0), "cursor": r.cursor},
                         "sent": sent.get("sent", 0), "pending": sent.get("pending", 0) + sent.get("sending", 0),
                         "delivered": delivered, "failed": sent.get("dead", 0), "held": sent.get("held", 0),
                         "cancelled": sent.get("cancelled", 0), "clicked": clicked, "redeemed": redeemed,
@@ -430,3 +448,69 @@ async def finish_dispatched(gw: Gateway) -> int:
                 done += 1
         await s.commit()
     return done
+
+
+
+# -- clerk-assisted (the WeMall way) -------------------------------------------------------------------
+
+
+BRIEF = ("📣 活动「{name}」\n内容：{text}\n您有 {n} 位顾客可以收到。发送 /forward {id} 以您的名义转发给他们"
+         "（系统会按规则排除退订和超频的顾客）。{earn}\nCampaign #{id}: send /forward {id} to pass it to your customers.")
+
+
+async def _brief_clerks(s, gw: Gateway, campaign: Campaign, run: CampaignRun, per_clerk: dict) -> int:
+    """What, what to do, how much they can earn — in each clerk's work IM."""
+    rates = gw.config.attribution.rates
+    earn = "顾客成交您可得 " + "、".join(f"{k} {Decimal(v) * 100:.0f}%" for k, v in rates.items() if Decimal(v) > 0) + " 佣金。"
+    n = 0
+    for clerk_id, count in per_clerk.items():
+        clerk = await s.get(Clerk, int(clerk_id))
+        target = await gw.clerk_target(s, clerk) if clerk and clerk.status == "active" else None
+        if target is None:
+            continue
+        text = BRIEF.format(name=campaign.name, text=campaign.content.get("text", "")[:200], n=count, id=campaign.id,
+                            earn=earn)
+        await gw.outbox.enqueue(s, target, Message.of_text(text), idem_key=f"brief:{run.id}:{clerk.id}", kind="brief",
+                                campaign_id=campaign.id)
+        n += 1
+    return n
+
+
+async def forward(gw: Gateway, session, campaign_id: int, clerk: Clerk) -> dict | str:
+    """A clerk's /forward: their own customers in the campaign's audience get it in their name,
+    under the same policies; each customer at most once per run. Returns counts, or why not."""
+    campaign = await session.get(Campaign, campaign_id)
+    if campaign is None or campaign.mode != "clerk_assisted" or campaign.status == "cancelled":
+        return "没有这个可转发的活动。 No such campaign to forward."
+    run = (await session.execute(select(CampaignRun).where(
+        CampaignRun.campaign_id == campaign_id, CampaignRun.status.in_(("dispatching", "done")))
+        .order_by(CampaignRun.scheduled_for.desc()).limit(1))).scalar_one_or_none()
+    if run is None:
+        return "这个活动还没有开始。 The campaign has not started yet."
+    aud = {**campaign.audience, "clerks": [clerk.id]}
+    stores = await _store_filter(session, aud)
+    product = await session.get(Product, campaign.content["product_id"]) if campaign.content.get("product_id") else None
+    now, cursor, sent, excluded = gw.clock.now(), 0, 0, {}
+    while rows := await audience_batch(session, aud, stores, cursor, gw.config.campaigns.batch):
+        cursor = rows[-1].id
+        decisions = await decide(session, gw, campaign, f"run:{run.id}", [r for r in rows if _tagged(r, aud.get("tags"))],
+                                 now)
+        sent += await _write_batch(session, gw, campaign, run, product, decisions, now)
+        for d in decisions:
+            if d.reason:
+                excluded[d.reason] = excluded.get(d.reason, 0) + 1
+    counts = dict(run.counts or {})
+    counts["queued"] = counts.get("queued", 0) + sent
+    counts["forwards"] = counts.get("forwards", 0) + 1
+    run.counts = counts
+    await log_interaction(session, "forwarded", occurred_at=now, clerk_id=clerk.id, store_id=clerk.store_id,
+                          campaign_id=campaign.id, payload={"run_id": run.id, "sent": sent, **excluded})
+    return {"sent": sent, "excluded": excluded}
+
+
+async def clerk_campaigns(session, clerk: Clerk, now: datetime) -> list[Campaign]:
+    """Campaigns a clerk can forward now."""
+    return list((await session.execute(select(Campaign).join(CampaignRun, CampaignRun.campaign_id == Campaign.id).where(
+        Campaign.mode == "clerk_assisted", Campaign.status != "cancelled",
+        CampaignRun.status.in_(("dispatching", "done")), CampaignRun.scheduled_for >= now - timedelta(days=30))
+        .distinct().order_by(Campaign.id.desc()).limit(10))).scalars())

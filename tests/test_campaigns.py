@@ -321,3 +321,40 @@ async def test_campaign_api_validates_input(client, gw):
     for body, field in bad:
         r = await client.post("/api/v1/campaigns", json=body, headers=h)
         assert r.status == 422 and (await r.json())["error"].get("field", "").startswith(field), (body, await r.text())
+
+
+async def test_clerk_assisted_campaigns_brief_clerks_who_forward_to_their_own_customers(gw, client, clock):
+    from adapters.webchat.simulator import BrandApp
+    from adapters.workbench.simulator import ClerkClient
+    from tests.conftest import WEBCHAT_SECRET, make_world
+
+    w = await make_world(gw)
+    server = str(client.make_url("")).rstrip("/")
+    brand = BrandApp(client.session, server, "webchat", WEBCHAT_SECRET)
+    ann = await brand.login("u-ann", "Ann", ts=int(clock.now().timestamp()))
+    await ann.bind(w.invite)
+    await ann.wait_for(lambda m: "小林" in m["text"])
+    await people(gw, 2, store_id=w.store_id, clerk_id=w.clerk2_id, prefix="fang")
+    c = await new_campaign(gw, mode="clerk_assisted", content={"text": "{customer_name}，周末会员日全场8折"})
+    await arm(gw, c)
+    clock.advance(hours=1)
+    await fire(gw)
+    lin = ClerkClient(client.session, server, w.clerk_token)
+    brief = await lin.wait_for(lambda m: "/forward" in m["text"])
+    assert "1 位顾客" in brief["text"] and "3%" in brief["text"]
+    fang = ClerkClient(client.session, server, w.clerk2_token)
+    await fang.wait_for(lambda m: "2 位顾客" in m["text"])
+    assert await count(gw, Outbox, Outbox.kind == "push") == 0  # nothing reaches customers by itself
+    await lin.say("/campaigns")
+    await lin.wait_for(lambda m: f"/forward {c.id}" in m["text"] and "双十二" in m["text"])
+    await lin.say(f"/forward {c.id}")
+    done = await lin.wait_for(lambda m: "已以您的名义发送给 1 位顾客" in m["text"])
+    got = await ann.wait_for(lambda m: "会员日" in m["text"])
+    assert got["sender"] == {"name": "小林"} and got["text"].startswith("Ann，")
+    await lin.say(f"/forward {c.id}")  # twice: nobody gets it twice
+    await lin.wait_for(lambda m: "发送给 0 位顾客" in m["text"])
+    assert done and await count(gw, Outbox, Outbox.kind == "push") == 1
+    report = await campaigns.report(gw, await _get(gw, c.id))
+    run = report["runs"][0]
+    assert run["clerks_briefed"] == 2 and run["clerks_forwarded"] == 1 and run["share_rate"] == 0.5
+    assert await count(gw, Interaction, Interaction.type == "forwarded") == 2

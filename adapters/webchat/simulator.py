@@ -42,8 +42,9 @@ class BrandApp:
         extra = {"unionid": unionid} if unionid else {}
         return {"user_id": user_id, "ts": ts, "sig": session_sig(self.secret, user_id, ts, unionid), **extra}
 
-    async def login(self, user_id: str, name: str | None = None, *, unionid: str | None = None) -> CustomerClient:
-        body = {**self.signed(user_id, unionid=unionid), **({"name": name} if name else {})}
+    async def login(self, user_id: str, name: str | None = None, *, unionid: str | None = None,
+                    ts: int | None = None) -> CustomerClient:
+        body = {**self.signed(user_id, ts, unionid=unionid), **({"name": name} if name else {})}
         async with self.http.post(f"{self.base}/session", json=body) as resp:
             data = await resp.json()
             if resp.status != 200:
