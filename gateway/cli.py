@@ -93,6 +93,52 @@ def cmd_serve(args) -> int:
     return serve(cfg)
 
 
+def cmd_campaigns(args) -> int:
+    """Campaign runs and their progress, from the database (what the API's report shows)."""
+    try:
+        cfg = _config(args.config)
+    except ConfigError as e:
+        return _fail_config(e)
+    from gateway.runtime import Gateway
+
+    async def run() -> list[dict]:
+        from sqlalchemy import select
+
+        from gateway.campaigns import report
+        from gateway.models import Campaign
+
+        gw = Gateway(cfg)
+        try:
+            async with gw.db() as s:
+                q = select(Campaign).order_by(Campaign.id.desc()).limit(20)
+                if args.id:
+                    q = select(Campaign).where(Campaign.id == args.id)
+                rows = (await s.execute(q)).scalars().all()
+            return [await report(gw, c) for c in rows]
+        finally:
+            await gw.engine.dispose()
+
+    while True:
+        reports = asyncio.run(run())
+        if not reports:
+            print("no campaigns" if not args.id else f"no campaign {args.id}", file=sys.stderr)
+            return 1 if args.id else 0
+        print(f"{'campaign':<24} {'run':<26} {'status':<14} {'audience':>8} {'queued':>7} {'sent':>7} "
+              f"{'pending':>7} {'held':>5} {'failed':>6} {'clicked':>7}")
+        for r in reports:
+            for run in r["runs"] or [{"scheduled_for": "—", "status": r["status"]}]:
+                print(f"{('#' + str(r['id']) + ' ' + r['name'])[:24]:<24} {run['scheduled_for'][:25]:<26} "
+                      f"{run['status']:<14} {run.get('audience', 0):>8} {run.get('queued', 0):>7} "
+                      f"{run.get('sent', 0):>7} {run.get('pending', 0):>7} {run.get('held', 0):>5} "
+                      f"{run.get('failed', 0):>6} {run.get('clicked', 0):>7}")
+        if not args.watch or all(run["status"] in ("done", "cancelled") for r in reports for run in r["runs"]):
+            return 0
+        import time
+
+        time.sleep(args.watch)
+        print()
+
+
 def cmd_demo(args) -> int:
     from gateway.demo import main as demo
 
@@ -115,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clerk-on", choices=["workbench", "dingtalk", "wecom"], default="workbench",
                    help="where the clerk works: the web workbench or (simulated) DingTalk / WeCom")
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("campaigns", help="campaign runs and their progress")
+    s.add_argument("id", nargs="?", type=int)
+    s.add_argument("--watch", type=float, metavar="SECONDS", help="repeat until every run is done")
+    s.add_argument("--config")
+    s.set_defaults(fn=cmd_campaigns)
 
     s = sub.add_parser("db", help="database maintenance")
     dbsub = s.add_subparsers(dest="db_command", required=True)

@@ -16,6 +16,7 @@ import secrets
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -116,6 +117,54 @@ async def wechat_contact_scene(gw: Gateway, server: str, http: aiohttp.ClientSes
     _step(8, f"WeChat user 陈先生 added the clerk by QR (state gw:{code}): bound; welcome: {text[:20]}…")
 
 
+async def campaign_scene(gw: Gateway, server: str, http: aiohttp.ClientSession, h: dict, code: str, brand,
+                         first: int) -> int:
+    """A marketer's coupon push and new-product push, at once, with their delivery reports."""
+    api = f"{server}/api/v1"
+    li = await brand.login("demo-customer-2", "李先生")
+    await li.bind(code)
+    product = await _expect(await http.post(f"{api}/products", headers=h, json={
+        "sku": "COAT-001", "name": "羊绒大衣", "price": "1299.00", "url": "https://brand.example/p/coat-001"}), 201)
+    coupon = await _expect(await http.post(f"{api}/coupons", headers=h, json={
+        "name": "满500减100", "value": "100.00", "valid_from": "2026-01-01T00:00:00+08:00",
+        "valid_to": "2027-01-01T00:00:00+08:00", "generate": 100}), 201)
+    soon = (gw.clock.now() + timedelta(seconds=1)).isoformat()
+    made = []
+    for body in ({"name": "会员专享券", "kind": "coupon", "coupon_id": coupon["id"], "schedule": {"at": soon},
+                  "content": {"text": "{customer_name}您好，{advisor_name}为您留了一张满500减100券：{coupon_code}"}},
+                 {"name": "新品：羊绒大衣", "kind": "new_product", "schedule": {"at": soon},
+                  "content": {"text": "{advisor_name}：新品{product_name}到店，点此查看 {link}", "product_id": product["id"]}}):
+        c = await _expect(await http.post(f"{api}/campaigns", headers=h, json=body), 201)
+        preview = await _expect(await http.post(f"{api}/campaigns/{c['id']}/preview", headers=h), 200)
+        await _expect(await http.post(f"{api}/campaigns/{c['id']}/schedule", headers=h), 200)
+        made.append((c, preview))
+    reports = []
+    for c, _ in made:
+        for _ in range(100):
+            rep = await _expect(await http.get(f"{api}/campaigns/{c['id']}/report", headers=h), 200)
+            run = rep["runs"][0] if rep["runs"] else {}
+            if run.get("status") == "done":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise StepFailed(f"campaign {c['name']} did not finish: {rep}")
+        reports.append(run)
+    seen: list[str] = []  # both pushes may arrive in one poll: collect, then look
+    for _ in range(100):
+        seen += [m["text"] for m in await li.fetch() if m["direction"] == "out"]
+        if any("满500减100券" in t for t in seen) and any("羊绒大衣" in t for t in seen):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise StepFailed(f"李先生 did not receive both pushes: {seen}")
+    got = next(t for t in seen if "满500减100券" in t)
+    _step(first, f"two pushes scheduled and sent; 李先生 got: {got[:30]}…")
+    for i, ((c, preview), run) in enumerate(zip(made, reports, strict=True), 1):
+        _step(first + i, f"report 「{c['name']}」: audience {run['audience']}, sent {run['sent']}, "
+                         f"excluded {run['excluded'] or '—'} (preview said {preview['eligible']} eligible)")
+    return first + len(made) + 1
+
+
 async def clerk_leaves(gw: Gateway, server: str, http: aiohttp.ClientSession, h: dict, store_id: int, clerk_id: int,
                        customer, sim, clerk_on: str, first: int) -> None:
     """The brand keeps the relationship: 小林 leaves, 芳芳 takes over, the customer carries on."""
@@ -204,8 +253,9 @@ async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: s
     _step(7, "customer replied 退订: opted out of promotions")
     if clerk_on == "wecom":
         await wechat_contact_scene(gw, server, http, sim, invite["code"])
+    n = await campaign_scene(gw, server, http, h, invite["code"], brand, first=9 if clerk_on == "wecom" else 8)
     await clerk_leaves(gw, server, http, h, store["id"], clerk["id"], customer, sim, clerk_on,
-                       first=9 if clerk_on == "wecom" else 8)
+                       first=n)
 
     await asyncio.sleep(0.2)
     async with gw.db() as s:
@@ -259,6 +309,8 @@ async def main(clerk_on: str = "workbench") -> int:
             "database": {"url": url},
             "server": {"first_run_seed": False},
             "outbox": {"poll_interval": 0.05},
+            "campaigns": {"tick_seconds": 0.2},
+            "policies": {"quiet_hours": None},  # the demo runs at any hour: no quiet window
             # The workbench stays on in every mode: a colleague without a work IM account uses it.
             "accounts": [*accounts, *([] if sim is None else [{"name": "workbench", "platform": "workbench"}]),
                          {"name": "webchat", "platform": "webchat", "secret": secret}],

@@ -358,3 +358,25 @@ async def test_clerk_assisted_campaigns_brief_clerks_who_forward_to_their_own_cu
     run = report["runs"][0]
     assert run["clerks_briefed"] == 2 and run["clerks_forwarded"] == 1 and run["share_rate"] == 0.5
     assert await count(gw, Interaction, Interaction.type == "forwarded") == 2
+
+
+async def test_the_cli_shows_each_runs_progress(db_url, clock, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    gw = Gateway(make_config(db_url), clock=clock)
+    store, _, clerk, _ = await setup_world(gw)
+    await people(gw, 7, store_id=store, clerk_id=clerk)
+    c = await new_campaign(gw, name="会员日推送")
+    await arm(gw, c)
+    clock.advance(hours=1)
+    await fire(gw)
+    await gw.engine.dispose()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"database:\n  url: {db_url}\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "gateway", "campaigns", str(c.id), "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if "会员日推送" in ln)
+    assert "dispatching" in line and line.split()[3:6] == ["dispatching", "7", "7"]

@@ -7,7 +7,8 @@ async def test_demo_story_passes(capsys):
     assert await main() == 0
     out = capsys.readouterr().out
     assert "All steps passed" in out and "【王女士 #1】" in out
-    assert "小林 left; customers handed to 芳芳 (1 moved)" in out and "芳芳 sees 【王女士 #1】好的芳芳" in out
+    assert "小林 left; customers handed to 芳芳 (2 moved)" in out and "芳芳 sees 【王女士 #1】好的芳芳" in out
+    assert "report 「会员专享券」: audience 2, sent 1, excluded {'opted_out': 1}" in out
 
 
 async def test_demo_story_with_the_clerk_on_dingtalk(capsys):
@@ -20,4 +21,4 @@ async def test_demo_story_with_the_clerk_on_wecom(capsys):
     assert await main("wecom") == 0
     out = capsys.readouterr().out
     assert "clerk on WeCom" in out and "WeChat user 陈先生 added the clerk by QR" in out and "All steps passed" in out
-    assert "1 transfer requested" in out and "binding moved to 芳芳" in out
+    assert "2 moved, 1 transfer requested" in out and "binding moved to 芳芳" in out
