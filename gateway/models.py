@@ -189,7 +189,7 @@ class InboundClaim(SQLModel, table=True):
 
 class Outbox(SQLModel, table=True):
     __table_args__ = (
-        sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+        sa.Index("ix_outbox_due", "status", "priority", "next_attempt_at", "id"),
         sa.Index("ix_outbox_customer_kind", "customer_id", "kind", "created_at"),  # per-customer push caps
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -199,7 +199,7 @@ class Outbox(SQLModel, table=True):
     target: dict = Field(sa_type=JSON)
     message: dict = Field(sa_type=JSON)
     kind: str = Field(default="reply", max_length=16)  # reply | notice | welcome | brief | push | transfer
-    priority: int = 0  # claimed first: a welcome has 20 s, a chat must not wait behind a campaign
+    priority: int = 2  # lower is claimed first: a welcome has 20 s, a chat must not wait behind a campaign
     status: str = Field(default="pending", max_length=16)  # pending | sending | sent | dead | held | cancelled
     attempts: int = 0
     next_attempt_at: datetime = _ts()

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from gateway.adapter import Deferred, Permanent, Retryable
 from gateway.batch import Batcher
@@ -37,8 +37,9 @@ log = logging.getLogger("gateway.outbox")
 
 # Kinds that are marketing: opt-outs and (later) quiet hours and caps apply to them.
 PUSH_KINDS = frozenset({"push"})
-# Claim order: deadlines first (WeCom's 20 s welcome), then conversation, then bulk.
-PRIORITY = {"welcome": 2, "reply": 1, "notice": 1, "transfer": 1}
+# Claim order (lower first): deadlines (WeCom's 20 s welcome), then conversation, then bulk.
+PRIORITY = {"welcome": 0, "reply": 1, "notice": 1, "transfer": 1, "intro": 1}
+BULK = 2
 
 
 def cap_period(cap: tuple[str, int | None], now: datetime, tz) -> tuple[datetime, int]:
@@ -66,7 +67,8 @@ class OutboxWorker:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._limiters: dict[str, TokenBucket] = {}
-        self._peer_locks: dict[tuple[str, str], list] = {}  # (account, peer) -> [lock, users]
+        self._peer_locks: dict[tuple[str, str], list] = {}
+        self._reclaimed_at = None  # when expired leases were last handed back  # (account, peer) -> [lock, users]
         self._sent = Batcher(self._record_sent, name="outbox-sent")
         # kind -> coroutine(session, row, error) run in the transaction that records a dead or held row
         self.on_failed: dict[str, Callable[..., Awaitable[None]]] = {}
@@ -125,7 +127,7 @@ class OutboxWorker:
                 target=target.to_dict(),
                 message=message.to_dict(),
                 kind=kind,
-                priority=PRIORITY.get(kind, 0),
+                priority=PRIORITY.get(kind, BULK),
                 status=status,
                 error_code=code,
                 last_error=why,
@@ -167,7 +169,7 @@ class OutboxWorker:
         ids = (await session.execute(
             ob.insert().returning(ob.c.id, sort_by_parameter_order=True),
             [{"idem_key": key, "platform": t.identity.platform, "account": t.identity.account, "target": t.to_dict(),
-              "message": m.to_dict(), "kind": kind, "priority": PRIORITY.get(kind, 0), "status": "pending",
+              "message": m.to_dict(), "kind": kind, "priority": PRIORITY.get(kind, BULK), "status": "pending",
               "attempts": 0, "next_attempt_at": not_before or now, "customer_id": t.customer_id,
               "clerk_id": t.clerk_id, "campaign_id": campaign_id, "message_id": mid, "created_at": now}
              for (t, m, key), mid in zip(items, msg_ids, strict=True)])).scalars().all()
@@ -210,14 +212,20 @@ class OutboxWorker:
 
     async def claim(self, limit: int) -> list:
         now = self.gw.clock.now()
-        due = or_(
-            and_(Outbox.status == "pending", Outbox.next_attempt_at <= now),
-            and_(Outbox.status == "sending", Outbox.lease_until < now),  # a dead worker's lease ran out
-        )
+        # A dead worker's rows go back to pending once their lease runs out; kept out of the pick
+        # below so that stays one ordered scan of the (status, priority, next_attempt_at, id) index.
+        if self._reclaimed_at is None or (now - self._reclaimed_at).total_seconds() >= 5:  # not a write per poll
+            self._reclaimed_at = now
+            async with self.gw.db() as s:
+                await s.execute(update(Outbox).where(Outbox.status == "sending", Outbox.lease_until < now)
+                                .values(status="pending", lease_until=None)
+                                .execution_options(synchronize_session=False))
+                await s.commit()
         pick = (
             select(Outbox.id)
-            .where(due, Outbox.account.in_(list(self.gw.adapters)))
-            .order_by(Outbox.priority.desc(), Outbox.next_attempt_at, Outbox.id)
+            .where(Outbox.status == "pending", Outbox.next_attempt_at <= now,
+                   Outbox.account.in_(list(self.gw.adapters)))
+            .order_by(Outbox.priority, Outbox.next_attempt_at, Outbox.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )

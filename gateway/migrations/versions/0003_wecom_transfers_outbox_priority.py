@@ -46,7 +46,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('channel_refs', sa.JSON(), nullable=True))
 
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('priority', sa.Integer(), nullable=False, server_default='0'))
+        batch_op.add_column(sa.Column('priority', sa.Integer(), nullable=False, server_default='2'))
+        batch_op.drop_index('ix_outbox_due')
+        batch_op.create_index('ix_outbox_due', ['status', 'priority', 'next_attempt_at', 'id'], unique=False)
         batch_op.create_index('ix_outbox_customer_kind', ['customer_id', 'kind', 'created_at'], unique=False)
 
 
@@ -54,6 +56,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_customer_kind')
+        batch_op.drop_index('ix_outbox_due')
+        batch_op.create_index('ix_outbox_due', ['status', 'next_attempt_at'], unique=False)
         batch_op.drop_column('priority')
 
     with op.batch_alter_table('invite', schema=None) as batch_op:
