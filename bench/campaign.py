@@ -45,6 +45,7 @@ from gateway.models import Campaign  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
 
 PG_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def rss_mb() -> float:
@@ -94,8 +95,7 @@ async def main() -> int:
     url = admin.rsplit("/", 1)[0] + f"/{name}"
     out: dict = {"customers": args.customers, "cap_per_sec": args.cap, "batch": args.batch,
                  "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
-                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True).stdout.strip()}
+                 "commit": COMMIT}
     try:
         await upgrade(url)
         t0 = time.perf_counter()

@@ -361,8 +361,8 @@ async def test_clerk_assisted_campaigns_brief_clerks_who_forward_to_their_own_cu
 
 
 async def test_the_cli_shows_each_runs_progress(db_url, clock, tmp_path):
+    import asyncio
     import os
-    import subprocess
     import sys
 
     gw = Gateway(make_config(db_url), clock=clock)
@@ -375,8 +375,10 @@ async def test_the_cli_shows_each_runs_progress(db_url, clock, tmp_path):
     await gw.engine.dispose()
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"database:\n  url: {db_url}\n", encoding="utf-8")
-    r = subprocess.run([sys.executable, "-m", "gateway", "campaigns", str(c.id), "--config", str(cfg)],
-                       capture_output=True, text=True, timeout=60, env={**os.environ})
-    assert r.returncode == 0, r.stderr
-    line = next(ln for ln in r.stdout.splitlines() if "会员日推送" in ln)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "campaigns", str(c.id), "--config",
+                                                str(cfg), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env={**os.environ})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    line = next(ln for ln in out.decode().splitlines() if "会员日推送" in ln)
     assert "dispatching" in line and line.split()[3:6] == ["dispatching", "7", "7"]
