@@ -106,7 +106,7 @@ async def main() -> int:
             "server": {"first_run_seed": False},
             "policies": {"quiet_hours": None, "max_pushes": {"per_week": None}},
             "campaigns": {"batch": args.batch},
-            "outbox": {"concurrency": 64, "batch": 500, "poll_interval": 0.05},
+            "outbox": {"concurrency": 256, "batch": 500, "poll_interval": 0.05},
             "accounts": [{"name": "workbench", "platform": "workbench"},
                          {"name": "webchat", "platform": "webchat", "secret": "x" * 32, "rate_per_sec": args.cap}],
         }, env={})
