@@ -169,10 +169,7 @@ async def coupon_get(q: Req):
 
 
 def _out(c: Campaign, tz) -> dict:
-    d = _dump(c, tz)
-    d["content"] = {k: v for k, v in c.content.items() if not k.startswith("_")}
-    d["skipped_runs"] = c.content.get("_skipped_runs", 0)
-    return d
+    return _dump(c, tz)
 
 
 async def _campaign(s, q: Req) -> Campaign:

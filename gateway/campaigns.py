@@ -134,7 +134,17 @@ async def decide(session, gw: Gateway, campaign: Campaign, run_key: str, rows: l
         if clerk_ids else {}
     member_ids = dict(((ci.clerk_id, ci.account), ci.external_id) for ci in (await session.execute(
         select(ClerkIdentity).where(ClerkIdentity.clerk_id.in_(clerk_ids)))).scalars()) if clerk_ids else {}
+    # Platform caps (WeCom monthly, Official Account 4 a month): one grouped count per capped account.
     platform_used: dict[tuple[int, str], int] = {}
+    for account in {i.account for i in idents.values()}:
+        cap = gw.adapters[account].capabilities().push_cap
+        if cap is not None:
+            start, _ = cap_period(cap, now, gw.tz)
+            platform_used.update({(cid, account): n for cid, n in (await session.execute(
+                select(Outbox.customer_id, func.count()).where(
+                    Outbox.customer_id.in_(ids), Outbox.account == account, Outbox.kind.in_(PUSH_KINDS),
+                    Outbox.status.in_(("pending", "sending", "sent")), Outbox.created_at >= start)
+                .group_by(Outbox.customer_id))).all()})
     out = []
     for r in rows:
         clerk = clerks.get(r.clerk_id) if r.clerk_id else None
@@ -155,16 +165,9 @@ async def decide(session, gw: Gateway, campaign: Campaign, run_key: str, rows: l
             continue
         adapter = gw.adapters[ident.account]
         cap = adapter.capabilities().push_cap
-        if cap is not None:
-            start, limit = cap_period(cap, now, gw.tz)
-            key = (r.id, ident.account)
-            if key not in platform_used:
-                platform_used[key] = (await session.execute(select(func.count()).select_from(Outbox).where(
-                    Outbox.customer_id == r.id, Outbox.account == ident.account, Outbox.kind.in_(PUSH_KINDS),
-                    Outbox.status.in_(("pending", "sending", "sent")), Outbox.created_at >= start))).scalar_one()
-            if platform_used[key] >= limit:
-                d.reason = "platform_cap"
-                continue
+        if cap is not None and platform_used.get((r.id, ident.account), 0) >= cap_period(cap, now, gw.tz)[1]:
+            d.reason = "platform_cap"
+            continue
         # The holdout is drawn from those who would have received it, so it compares like with like.
         if campaign.holdout_pct and in_holdout(run_key, r.id, campaign.holdout_pct):
             d.reason = "holdout"
@@ -214,10 +217,13 @@ async def _issue_codes(session, coupon_id: int, customer_ids: list[int], now: da
             select(CouponCode.id, CouponCode.code).where(CouponCode.coupon_id == coupon_id,
                                                          CouponCode.customer_id.is_(None))
             .order_by(CouponCode.id).limit(len(need)).with_for_update(skip_locked=True))).all()
-        for (code_id, code), cid in zip(free, need, strict=False):
-            await session.execute(update(CouponCode).where(CouponCode.id == code_id)
-                                  .values(customer_id=cid, issued_at=now))
-            have[cid] = code
+        pairs = list(zip(free, need, strict=False))
+        if pairs:
+            ct = CouponCode.__table__
+            await session.execute(update(ct).where(ct.c.id == bindparam("code_id"))
+                                  .values(customer_id=bindparam("cid"), issued_at=now),
+                                  [{"code_id": code_id, "cid": cid} for (code_id, _), cid in pairs])
+        have.update({cid: code for (_, code), cid in pairs})
     return have
 
 

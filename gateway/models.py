@@ -341,6 +341,7 @@ class Campaign(SQLModel, table=True):
     mode: str = Field(default="direct", max_length=20)  # direct | clerk_assisted
     status: str = Field(default="draft", max_length=20)  # draft | scheduled | done | cancelled
     next_run_at: datetime | None = _ts(nullable=True)
+    skipped_runs: int = 0  # fire times missed while the gateway was down (beyond the grace)
     created_at: datetime = _ts()
 
 

@@ -412,13 +412,27 @@ class OutboxWorker:
         self._task = asyncio.create_task(self.run(), name="outbox-worker")
 
     async def stop(self, grace: float) -> None:
-        """Stop claiming, let in-flight sends finish within `grace`, hand the rest back."""
+        """Stop the loop, send what is due (the last replies the drained ingress produced) and let
+        in-flight sends finish, all within `grace`; hand the rest back."""
         self._stopping = True
         self._wake.set()
         if self._task:
             await asyncio.gather(self._task, return_exceptions=True)
+        deadline = asyncio.get_running_loop().time() + grace
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                rows = await self.claim(self.cfg.batch)
+            except Exception:  # noqa: BLE001 - the database is going away too: leave it to the next start
+                break
+            if not rows:
+                break
+            tasks = [asyncio.create_task(self._run_one(r)) for r in rows]
+            for t in tasks:
+                self._inflight.add(t)
+                t.add_done_callback(self._inflight.discard)
+            await asyncio.wait(tasks, timeout=max(0.01, deadline - asyncio.get_running_loop().time()))
         if self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            _, pending = await asyncio.wait(set(self._inflight), timeout=max(0.1, deadline - asyncio.get_running_loop().time()))
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

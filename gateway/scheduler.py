@@ -90,7 +90,7 @@ async def tick(gw: Gateway) -> list[int]:
                 skipped += 1
             if skipped:
                 log.warning("campaign %s: %d missed fire time(s) skipped (gateway was down)", c.id, skipped)
-                c.content = {**c.content, "_skipped_runs": c.content.get("_skipped_runs", 0) + skipped}
+                c.skipped_runs += skipped
             nxt = _after(t, fire)
             c.next_run_at = nxt
             if nxt is None:

@@ -142,12 +142,12 @@ async def test_missed_fire_times_run_once_within_grace_and_are_counted(gw, clock
     async with gw.db() as s:
         run = await s.get(CampaignRun, runs[0])
         camp = await s.get(Campaign, c.id)
-    assert run.scheduled_for == datetime(2026, 12, 2, 10, 0, tzinfo=TZ) and camp.content["_skipped_runs"] == 2
+    assert run.scheduled_for == datetime(2026, 12, 2, 10, 0, tzinfo=TZ) and camp.skipped_runs == 2
     gw.config.campaigns.misfire_grace_seconds = 60
     clock.advance(days=1, hours=1)  # the next one is an hour old: beyond grace, skipped
     assert await fire(gw) == []
     async with gw.db() as s:
-        assert (await s.get(Campaign, c.id)).content["_skipped_runs"] == 3
+        assert (await s.get(Campaign, c.id)).skipped_runs == 3
 
 
 async def test_two_schedulers_on_one_database_make_each_delivery_once(db_url, clock, backend):

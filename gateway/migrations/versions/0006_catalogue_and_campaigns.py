@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-11-26 08:19:20.984426
+Create Date: 2026-11-26 08:37:53.592080
 """
 
 from alembic import op
@@ -65,6 +65,7 @@ def upgrade() -> None:
     sa.Column('mode', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('next_run_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('skipped_runs', sa.Integer(), nullable=False),
     sa.Column('created_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['coupon_id'], ['coupon.id'], ),
     sa.PrimaryKeyConstraint('id')
