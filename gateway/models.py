@@ -393,6 +393,55 @@ class TrackedLink(SQLModel, table=True):
     clicked_at: datetime | None = _ts(nullable=True)  # the first click
 
 
+class Order(SQLModel, table=True):
+    """An order from a POS or a shop, idempotent by the brand's order id."""
+
+    __tablename__ = "orders"
+    __table_args__ = (sa.Index("ix_order_customer", "customer_id", "placed_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(max_length=128, unique=True)
+    customer_id: int | None = Field(default=None, foreign_key="customer.id")
+    channel: str = Field(max_length=20)  # store | cloud_store | flagship | other
+    amount: Decimal = Field(sa_type=Money)
+    currency: str = Field(default="CNY", max_length=3)
+    store_id: int | None = Field(default=None, foreign_key="store.id")
+    placed_at: datetime = _ts()
+    received_at: datetime = _ts()
+    body_hash: str = Field(max_length=64)  # a resend must match: same order id, same order
+    clerk_id: int | None = None  # attributed advisor (at placed_at)
+    attributed_store_id: int | None = None
+    campaign_id: int | None = None  # last touch within the window
+    unattributed: str | None = Field(default=None, max_length=40)  # why nobody was credited
+    rule_version: str = Field(max_length=32)
+
+
+class Refund(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("order_pk", "refunded_at", "amount", name="uq_refund"),)
+    id: int | None = Field(default=None, primary_key=True)
+    order_pk: int = Field(foreign_key="orders.id", index=True)
+    amount: Decimal = Field(sa_type=Money)
+    refunded_at: datetime = _ts()
+    received_at: datetime = _ts()
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only: each line points at what caused it and the rules that priced it."""
+
+    __tablename__ = "ledger_entry"
+    __table_args__ = (sa.Index("ix_ledger_clerk", "clerk_id", "created_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=80, unique=True)  # order:<id> | refund:<id> | bounty:<customer> | clawback:<customer>
+    kind: str = Field(max_length=20)
+    clerk_id: int = Field(foreign_key="clerk.id")
+    store_id: int | None = None
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    amount: Decimal = Field(sa_type=Money)
+    order_id: str | None = Field(default=None, max_length=128)
+    binding_id: int | None = None
+    rule_version: str = Field(max_length=32)
+    created_at: datetime = _ts()
+
+
 class Interaction(SQLModel, table=True):
     """Append-only log of everything that happened; the source of truth for attribution."""
 

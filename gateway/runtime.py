@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots import root_router
-from gateway import advisors, fallback, handover, scheduler, service
+from gateway import advisors, attribution, fallback, handover, scheduler, service
 from gateway.adapter import Adapter, adapter_class
 from gateway.clock import Clock
 from gateway.config import Config
@@ -93,15 +93,20 @@ class Gateway:
         self.started = True
 
     async def _sla_loop(self, every: float = 30.0) -> None:
-        """Reminders and escalations for customers left waiting (gateway/service.py)."""
+        """Every `every` seconds: reminders and escalations for customers left waiting
+        (gateway/service.py), and the ledger lines (bounties, clawbacks) that follow bindings."""
+        since = self.clock.now() - timedelta(days=1)  # a restart re-checks the last day; appending is idempotent
         while True:
             await asyncio.sleep(every)
+            now = self.clock.now()
             try:
                 await service.tick(self)
+                await attribution.sync_changed(self, since - timedelta(minutes=5))  # overlap: late commits
+                since = now
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the next round tries again
-                log.exception("service-level check failed")
+                log.exception("periodic service-level / ledger check failed")
 
     async def stop(self) -> None:
         """Drain: finish in-flight inbound work, then in-flight sends, then close."""

@@ -1,0 +1,108 @@
+"""Orders from POS and shops (signed webhooks), refunds, and the commission ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+from sqlalchemy import func, select
+
+from gateway import attribution
+from gateway.api import ALL, ApiError, Req, _In, route
+from gateway.models import LedgerEntry
+
+Amount = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2)]
+
+
+class CustomerRef(_In):
+    customer_id: int | None = None
+    channel: str | None = Field(None, max_length=32)  # a platform: webchat, wechat_mp, wecom …
+    external_id: str | None = Field(None, max_length=128)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.customer_id is None) == (self.channel is None or self.external_id is None):
+            raise ValueError("give customer_id, or channel and external_id")
+        return self
+
+
+class OrderIn(_In):
+    order_id: str = Field(min_length=1, max_length=128)
+    customer: CustomerRef
+    amount: Amount
+    currency: Literal["CNY"] = "CNY"
+    channel: Literal["store", "cloud_store", "flagship", "other"]
+    store_id: int | None = None
+    placed_at: datetime
+    coupon_codes: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=20)
+
+    @model_validator(mode="after")
+    def _aware(self):
+        if self.placed_at.tzinfo is None:
+            raise ValueError("placed_at needs an offset, e.g. 2026-12-01T15:04:05+08:00")
+        return self
+
+
+class RefundIn(_In):
+    amount: Amount
+    refunded_at: datetime
+
+    @model_validator(mode="after")
+    def _aware(self):
+        if self.refunded_at.tzinfo is None:
+            raise ValueError("refunded_at needs an offset")
+        return self
+
+
+async def _call(fn, *args):
+    try:
+        return await fn(*args)
+    except attribution.OrderError as e:
+        raise ApiError(e.status, e.code, str(e), e.field) from None
+
+
+@route("POST", "/orders", auth="signature", body=OrderIn, status=201)
+async def order_create(q: Req):
+    """An order (signed with X-Gateway-Signature), idempotent by order_id; credited to the advisor
+    bound at placed_at."""
+    body = q.body.model_dump(mode="json", exclude_none=True)
+    body["customer"] = q.body.customer.model_dump(exclude_none=True)
+    return await _call(attribution.record_order, q.gw, body)
+
+
+@route("POST", "/orders/{order_id}/refund", auth="signature", body=RefundIn, status=201)
+async def order_refund(q: Req):
+    """A full or partial refund (signed); reverses the commission in proportion."""
+    return await _call(attribution.record_refund, q.gw, q.request.match_info["order_id"],
+                       q.body.model_dump(mode="json"))
+
+
+@route("GET", "/ledger", roles=ALL)
+async def ledger_list(q: Req):
+    """Ledger lines (?clerk_id=, ?after=) and their total."""
+    stmt = select(LedgerEntry).where(LedgerEntry.id > q.query_int("after", 0)).order_by(LedgerEntry.id).limit(q.limit())
+    total = select(func.coalesce(func.sum(LedgerEntry.amount), 0))
+    if (clerk := q.query_int("clerk_id")) is not None:
+        stmt, total = stmt.where(LedgerEntry.clerk_id == clerk), total.where(LedgerEntry.clerk_id == clerk)
+    if q.who.role == "store_manager":
+        stmt, total = (stmt.where(LedgerEntry.store_id == q.who.store_id),
+                       total.where(LedgerEntry.store_id == q.who.store_id))
+    async with q.gw.db() as s:
+        rows = (await s.execute(stmt)).scalars().all()
+        sum_ = Decimal((await s.execute(total)).scalar_one())
+    items = [{"id": e.id, "source": e.source, "kind": e.kind, "clerk_id": e.clerk_id, "store_id": e.store_id,
+              "customer_id": e.customer_id, "amount": f"{e.amount:.2f}", "order_id": e.order_id,
+              "binding_id": e.binding_id, "rule_version": e.rule_version,
+              "created_at": e.created_at.astimezone(q.gw.tz).isoformat()} for e in rows]
+    out = {"items": items, "total": f"{sum_:.2f}"}
+    if len(items) == q.limit():
+        out["next"] = items[-1]["id"]
+    return out
+
+
+@route("POST", "/ledger/rebuild", roles=("admin",))
+async def ledger_rebuild(q: Req):
+    """Recompute the ledger from orders, refunds and bindings and compare with what is stored."""
+    return await attribution.rebuild(q.gw)
