@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from sqlalchemy import func, select
 
-from gateway import attribution
+from gateway import attribution, reports
 from gateway.api import ALL, ApiError, Req, _In, route
 from gateway.models import LedgerEntry
 
@@ -106,3 +106,41 @@ async def ledger_list(q: Req):
 async def ledger_rebuild(q: Req):
     """Recompute the ledger from orders, refunds and bindings and compare with what is stored."""
     return await attribution.rebuild(q.gw)
+
+
+def _period(q: Req) -> tuple[datetime, datetime]:
+    """?from= and ?to= as dates or times in the configured zone; default: the last 30 days."""
+    def parse(name: str, default: datetime) -> datetime:
+        raw = q.request.query.get(name)
+        if not raw:
+            return default
+        try:
+            t = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ApiError(400, "bad_request", f"{name} must be a date or an ISO time", name) from None
+        return t if t.tzinfo else t.replace(tzinfo=q.gw.tz)
+
+    now = q.gw.clock.now()
+    return parse("from", now - timedelta(days=30)), parse("to", now)
+
+
+@route("GET", "/reports/{kind}", roles=ALL)
+async def report(q: Req):
+    """clerks | stores | campaigns | funnel over ?from=&to= (default the last 30 days), ?format=json|csv."""
+    from aiohttp import web
+
+    kind = q.request.match_info["kind"]
+    if kind not in reports.KINDS:
+        raise ApiError(404, "not_found", f"reports are {', '.join(reports.KINDS)}")
+    store = None
+    if q.who.role == "store_manager":
+        if kind not in ("clerks", "stores"):
+            raise ApiError(403, "forbidden", "store managers see the clerks and stores reports of their store")
+        store = q.who.store_id
+    frm, to = _period(q)
+    rows = await reports.build(q.gw, kind, frm, to, store)
+    if q.request.query.get("format") == "csv":
+        return web.Response(text=reports.to_csv(rows), content_type="text/csv",
+                            headers={"Content-Disposition": f'attachment; filename="{kind}.csv"'})
+    return {"from": frm.astimezone(q.gw.tz).isoformat(), "to": to.astimezone(q.gw.tz).isoformat(),
+            **({"items": rows} if isinstance(rows, list) else rows)}

@@ -139,6 +139,46 @@ def cmd_campaigns(args) -> int:
         print()
 
 
+def cmd_report(args) -> int:
+    """`gateway report clerks|stores|campaigns|funnel`: the same figures as /api/v1/reports."""
+    import json as _json
+    from datetime import datetime, timedelta
+
+    try:
+        cfg = _config(args.config)
+    except ConfigError as e:
+        return _fail_config(e)
+    from gateway import reports
+    from gateway.runtime import Gateway
+
+    async def run():
+        gw = Gateway(cfg)
+        try:
+            def when(raw, default):
+                if not raw:
+                    return default
+                t = datetime.fromisoformat(raw)
+                return t if t.tzinfo else t.replace(tzinfo=gw.tz)
+
+            now = gw.clock.now()
+            return await reports.build(gw, args.kind, when(args.frm, now - timedelta(days=30)), when(args.to, now))
+        finally:
+            await gw.engine.dispose()
+
+    try:
+        rows = asyncio.run(run())
+    except ValueError as e:
+        print(f"bad date: {e}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(_json.dumps(rows, ensure_ascii=False, indent=2))
+    elif args.format == "csv":
+        print(reports.to_csv(rows), end="")
+    else:
+        print(reports.to_table(rows))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from gateway.demo import main as demo
 
@@ -167,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch", type=float, metavar="SECONDS", help="repeat until every run is done")
     s.add_argument("--config")
     s.set_defaults(fn=cmd_campaigns)
+
+    s = sub.add_parser("report", help="clerk, store, campaign and funnel reports")
+    s.add_argument("kind", choices=["clerks", "stores", "campaigns", "funnel"])
+    s.add_argument("--from", dest="frm", help="date or ISO time (default: 30 days ago)")
+    s.add_argument("--to", help="date or ISO time (default: now)")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument("--config")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("db", help="database maintenance")
     dbsub = s.add_subparsers(dest="db_command", required=True)

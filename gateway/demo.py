@@ -207,6 +207,42 @@ async def clerk_leaves(gw: Gateway, server: str, http: aiohttp.ClientSession, h:
         _step(first + 2, "WeCom reported the contact's transfer done: 陈先生's binding moved to 芳芳")
 
 
+ORDERS_SECRET = secrets.token_hex(16)
+
+
+async def orders_scene(gw: Gateway, server: str, http: aiohttp.ClientSession, served, first: int) -> None:
+    """Sales come in from the POS and the cloud store: each is credited to the advisor the customer
+    had when they bought — 小林 for the order placed before she left, 芳芳 after; a refund reverses."""
+    import hashlib
+    import hmac
+    import json as _json
+
+    async def signed(path: str, body: dict) -> dict:
+        raw = _json.dumps(body, ensure_ascii=False).encode()
+        sig = hmac.new(ORDERS_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+        async with http.post(f"{server}/api/v1{path}", data=raw, headers={
+                "X-Gateway-Signature": sig, "Content-Type": "application/json"}) as resp:
+            out = await resp.json()
+            if resp.status not in (200, 201):
+                raise StepFailed(f"{path}: {resp.status} {out}")
+            return out
+
+    now = gw.clock.now()
+    before = await signed("/orders", {"order_id": "POS-20261101-001", "amount": "399.00", "channel": "store",
+                                      "customer": {"channel": "webchat", "external_id": "demo-customer-1"},
+                                      "placed_at": served.isoformat()})
+    after = await signed("/orders", {"order_id": "TM-88001", "amount": "1299.00", "channel": "cloud_store",
+                                     "customer": {"channel": "webchat", "external_id": "demo-customer-1"},
+                                     "placed_at": (now + timedelta(seconds=1)).isoformat()})
+    await signed("/orders/TM-88001/refund", {"amount": "299.00", "refunded_at": (now + timedelta(seconds=2)).isoformat()})
+    from gateway import attribution
+
+    await attribution.sync_changed(gw, now - timedelta(days=1))  # member bounties follow bindings
+    names = {before["clerk_id"]: "小林", after["clerk_id"]: "芳芳"}
+    _step(first, f"POS order 399.00 placed while 小林 was the advisor → credited to {names[before['clerk_id']]}; "
+                 f"cloud-store order 1299.00 after the handover → {names[after['clerk_id']]}; a 299.00 refund reverses")
+
+
 async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: str, sim=None,
                 clerk_on: str = "workbench") -> dict:
     async with gw.db() as s:
@@ -254,8 +290,10 @@ async def story(gw: Gateway, server: str, http: aiohttp.ClientSession, secret: s
     if clerk_on == "wecom":
         await wechat_contact_scene(gw, server, http, sim, invite["code"])
     n = await campaign_scene(gw, server, http, h, invite["code"], brand, first=9 if clerk_on == "wecom" else 8)
+    served = gw.clock.now()  # a moment while 小林 is still the advisor
     await clerk_leaves(gw, server, http, h, store["id"], clerk["id"], customer, sim, clerk_on,
                        first=n)
+    await orders_scene(gw, server, http, served, first=n + (3 if clerk_on == "wecom" else 2))
 
     await asyncio.sleep(0.2)
     async with gw.db() as s:
@@ -311,6 +349,7 @@ async def main(clerk_on: str = "workbench") -> int:
             "outbox": {"poll_interval": 0.05},
             "campaigns": {"tick_seconds": 0.2},
             "policies": {"quiet_hours": None},  # the demo runs at any hour: no quiet window
+            "orders": {"webhook_secret": ORDERS_SECRET},
             # The workbench stays on in every mode: a colleague without a work IM account uses it.
             "accounts": [*accounts, *([] if sim is None else [{"name": "workbench", "platform": "workbench"}]),
                          {"name": "webchat", "platform": "webchat", "secret": secret}],
@@ -325,6 +364,10 @@ async def main(clerk_on: str = "workbench") -> int:
         try:
             async with aiohttp.ClientSession() as http:
                 summary = await asyncio.wait_for(story(gw, server, http, secret, sim, clerk_on), 60)
+            from gateway import reports
+
+            report = await reports.build(gw, "clerks", gw.clock.now() - timedelta(days=1),
+                                         gw.clock.now() + timedelta(days=1))
         except (StepFailed, TimeoutError) as e:
             print(f"\nDEMO FAILED: {e or 'a step timed out'}", file=sys.stderr)
             return 1
@@ -338,5 +381,10 @@ async def main(clerk_on: str = "workbench") -> int:
     for k, v in summary.items():
         print(f"  {k:<{width}}  {v:>6}")
     print("  " + "-" * (width + 10))
+    from gateway import reports
+
+    cols = ("clerk", "status", "members_recruited", "messages", "first_reply_median_s", "orders", "gmv", "commission")
+    print("\nAttribution report (clerks, today)")
+    print("  " + reports.to_table([{k: r[k] for k in cols} for r in report]).replace("\n", "\n  "))
     print(f"\nAll steps passed in {time.monotonic() - started:.1f} s.")
     return 0

@@ -9,6 +9,10 @@ async def test_demo_story_passes(capsys):
     assert "All steps passed" in out and "【王女士 #1】" in out
     assert "小林 left; customers handed to 芳芳 (2 moved)" in out and "芳芳 sees 【王女士 #1】好的芳芳" in out
     assert "report 「会员专享券」: audience 2, sent 1, excluded {'opted_out': 1}" in out
+    report = out[out.index("Attribution report"):]
+    lin = next(ln for ln in report.splitlines() if "小林" in ln).split()
+    fang = next(ln for ln in report.splitlines() if "芳芳" in ln).split()
+    assert lin[-3:] == ["1", "399.00", "21.97"] and fang[-3:] == ["1", "1000.00", "50.00"]
 
 
 async def test_demo_story_with_the_clerk_on_dingtalk(capsys):

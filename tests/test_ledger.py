@@ -189,3 +189,49 @@ async def test_order_intake_is_off_without_a_secret_and_validates(client, gw, wo
     assert unknown["unattributed"] == "unknown_customer" and unknown["ledger"] == []
     async with gw.db() as s:
         assert (await s.execute(select(Customer))).first() is None
+
+
+def test_lift_is_the_difference_of_conversion_rates_with_an_interval():
+    from gateway.reports import lift
+
+    out = lift(1000, 120, 250, 20)  # 12 % with the push, 8 % without
+    assert out["treated_rate"] == 0.12 and out["holdout_rate"] == 0.08 and out["lift"] == 0.04
+    lo, hi = out["ci95"]
+    assert lo < 0.04 < hi and round(hi - 0.04, 4) == round(0.04 - lo, 4)
+    assert lift(10, 1, 0, 0)["lift"] is None  # no holdout: no lift claimed
+
+
+async def test_reports_per_clerk_store_and_funnel_as_json_and_csv(gw, client, world):
+    from adapters.webchat.simulator import BrandApp
+    from adapters.workbench.simulator import ClerkClient
+    from tests.conftest import WEBCHAT_SECRET
+
+    gw.config.orders.webhook_secret = SECRET
+    server = str(client.make_url("")).rstrip("/")
+    alice = await BrandApp(client.session, server, "webchat", WEBCHAT_SECRET).login("u-r", "Rita")
+    await alice.bind(world.invite)
+    await alice.say("在吗")
+    clerk = ClerkClient(client.session, server, world.clerk_token)
+    await clerk.wait_for(lambda m: "在吗" in m["text"])
+    await clerk.say("#1 在的")
+    await alice.wait_for(lambda m: m["text"] == "在的")
+    r = await post_order(client, {"order_id": "R-1", "customer": {"channel": "webchat", "external_id": "u-r"},
+                                  "amount": "200.00", "channel": "flagship",
+                                  "placed_at": gw.clock.now().isoformat()})
+    assert r.status == 201
+    await attribution.sync_changed(gw, gw.clock.now() - timedelta(days=1))
+    h = {"Authorization": f"Bearer {world.admin_token}"}
+    rows = (await (await client.get("/api/v1/reports/clerks", headers=h)).json())["items"]
+    lin = next(x for x in rows if x["clerk_id"] == world.clerk_id)
+    assert lin["members_recruited"] == 1 and lin["messages"] == 1 and lin["orders"] == 1
+    assert lin["gmv"] == "200.00" and lin["commission"] == "9.00"  # 200 × 2 % + the 5.00 bounty
+    assert lin["first_reply_median_s"] is not None and lin["active_customers"] == 1
+    store = (await (await client.get("/api/v1/reports/stores", headers=h)).json())["items"][0]
+    assert store["orders"] == 1 and store["gmv"] == "200.00"
+    funnel = await (await client.get("/api/v1/reports/funnel", headers=h)).json()
+    assert funnel["customers_chatted"] == 1 and funnel["customers_bought"] == 1 and funnel["chat_to_deal"] == 1.0
+    csv_ = await client.get("/api/v1/reports/clerks?format=csv", headers=h)
+    assert csv_.status == 200 and csv_.content_type == "text/csv"
+    assert (await csv_.text()).splitlines()[0].startswith("clerk_id,clerk,store_id")
+    assert (await client.get("/api/v1/reports/nope", headers=h)).status == 404
+    assert (await client.get("/api/v1/reports/clerks?from=yesterday", headers=h)).status == 400

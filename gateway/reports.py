@@ -1,0 +1,242 @@
+"""Reports for HQ and store managers: per clerk, per store, per campaign, and the 导购三律 funnel.
+
+Every figure is read from the interaction log, the orders and the ledger within [from, to).
+Money is Decimal; medians and rates are computed here so they read the same on SQLite and
+PostgreSQL. Campaign lift compares buyers among those who got a push with buyers in the holdout
+(difference of proportions, 95 % normal-approximation interval).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from sqlalchemy import and_, func, select
+
+from gateway.models import (
+    Campaign,
+    CampaignRun,
+    Clerk,
+    Delivery,
+    Interaction,
+    LedgerEntry,
+    Order,
+    Outbox,
+    Refund,
+    Store,
+)
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+KINDS = ("clerks", "stores", "campaigns", "funnel")
+
+
+def _money(x) -> str:
+    return f"{Decimal(x or 0):.2f}"
+
+
+async def _per(session, column, type_: str, frm, to) -> dict:
+    rows = (await session.execute(select(column, func.count()).where(
+        Interaction.type == type_, Interaction.occurred_at >= frm, Interaction.occurred_at < to).group_by(column))).all()
+    return dict(rows)
+
+
+async def _reply_seconds(session, key, frm, to) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for k, payload in (await session.execute(select(key, Interaction.payload).where(
+            Interaction.type == "first_reply", Interaction.occurred_at >= frm, Interaction.occurred_at < to))).all():
+        if k is not None and isinstance((payload or {}).get("seconds"), int):
+            out.setdefault(k, []).append(payload["seconds"])
+    return out
+
+
+async def _orders(session, key, frm, to) -> dict:
+    """Attributed orders and GMV net of refunds, by `key` (Order.clerk_id or Order.attributed_store_id)."""
+    refunds = (select(Refund.order_pk, func.sum(Refund.amount).label("back")).group_by(Refund.order_pk).subquery())
+    rows = (await session.execute(
+        select(key, func.count(Order.id), func.sum(Order.amount), func.sum(func.coalesce(refunds.c.back, 0)))
+        .outerjoin(refunds, refunds.c.order_pk == Order.id)
+        .where(Order.placed_at >= frm, Order.placed_at < to, key.is_not(None)).group_by(key))).all()
+    return {k: (n, Decimal(gmv or 0) - Decimal(back or 0)) for k, n, gmv, back in rows}
+
+
+async def clerks(session, frm, to, store_id: int | None = None) -> list[dict]:
+    q = select(Clerk).order_by(Clerk.id)
+    if store_id is not None:
+        q = q.where(Clerk.store_id == store_id)
+    staff = (await session.execute(q)).scalars().all()
+    key = Interaction.clerk_id
+    recruited = await _per(session, key, "bound", frm, to)
+    messages = await _per(session, key, "message_out", frm, to)
+    forwards = await _per(session, key, "forwarded", frm, to)
+    pushes = await _per(session, key, "push_sent", frm, to)
+    active = dict((await session.execute(select(Interaction.clerk_id, func.count(func.distinct(Interaction.customer_id)))
+                                         .where(Interaction.type.in_(("message_in", "message_out")),
+                                                Interaction.occurred_at >= frm, Interaction.occurred_at < to)
+                                         .group_by(Interaction.clerk_id))).all())
+    replies = await _reply_seconds(session, key, frm, to)
+    orders = await _orders(session, Order.clerk_id, frm, to)
+    commission = dict((await session.execute(select(LedgerEntry.clerk_id, func.sum(LedgerEntry.amount)).where(
+        LedgerEntry.created_at >= frm, LedgerEntry.created_at < to).group_by(LedgerEntry.clerk_id))).all())
+    out = []
+    for c in staff:
+        n, gmv = orders.get(c.id, (0, Decimal(0)))
+        r = replies.get(c.id)
+        out.append({"clerk_id": c.id, "clerk": c.display_name, "store_id": c.store_id, "status": c.status,
+                    "members_recruited": recruited.get(c.id, 0), "active_customers": active.get(c.id, 0),
+                    "messages": messages.get(c.id, 0),
+                    "first_reply_median_s": int(statistics.median(r)) if r else None,
+                    "forwards": forwards.get(c.id, 0), "pushes_delivered": pushes.get(c.id, 0),
+                    "orders": n, "gmv": _money(gmv), "commission": _money(commission.get(c.id))})
+    return out
+
+
+async def stores(session, frm, to, store_id: int | None = None) -> list[dict]:
+    q = select(Store).order_by(Store.id)
+    if store_id is not None:
+        q = q.where(Store.id == store_id)
+    key = Interaction.store_id
+    recruited = await _per(session, key, "bound", frm, to)
+    messages = await _per(session, key, "message_out", frm, to)
+    replies = await _reply_seconds(session, key, frm, to)
+    orders = await _orders(session, Order.attributed_store_id, frm, to)
+    commission = dict((await session.execute(select(LedgerEntry.store_id, func.sum(LedgerEntry.amount)).where(
+        LedgerEntry.created_at >= frm, LedgerEntry.created_at < to).group_by(LedgerEntry.store_id))).all())
+    out = []
+    for st in (await session.execute(q)).scalars():
+        n, gmv = orders.get(st.id, (0, Decimal(0)))
+        r = replies.get(st.id)
+        out.append({"store_id": st.id, "store": st.name, "members_recruited": recruited.get(st.id, 0),
+                    "messages": messages.get(st.id, 0),
+                    "first_reply_median_s": int(statistics.median(r)) if r else None,
+                    "orders": n, "gmv": _money(gmv), "commission": _money(commission.get(st.id))})
+    return out
+
+
+def lift(treated: int, treated_buyers: int, held: int, held_buyers: int) -> dict:
+    """Conversion with the push minus conversion in the holdout, with a 95 % interval."""
+    if not treated or not held:
+        return {"treated_rate": None, "holdout_rate": None, "lift": None, "ci95": None}
+    p1, p2 = treated_buyers / treated, held_buyers / held
+    se = math.sqrt(p1 * (1 - p1) / treated + p2 * (1 - p2) / held)
+    d = p1 - p2
+    return {"treated_rate": round(p1, 4), "holdout_rate": round(p2, 4), "lift": round(d, 4),
+            "ci95": [round(d - 1.96 * se, 4), round(d + 1.96 * se, 4)]}
+
+
+async def _buyers(session, run_ids: list[int], start: datetime, window_days: int, *, holdout: bool) -> int:
+    """Customers of these runs (pushed, or held out) who ordered within the window after the first run."""
+    cond = Delivery.reason == "holdout" if holdout else Delivery.status == "queued"
+    return (await session.execute(select(func.count(func.distinct(Order.customer_id))).select_from(Delivery)
+                                  .join(Order, and_(Order.customer_id == Delivery.customer_id, Order.placed_at >= start,
+                                                    Order.placed_at < start + timedelta(days=window_days)))
+                                  .where(Delivery.run_id.in_(run_ids), cond))).scalar_one()
+
+
+async def campaigns(session, frm, to, window_days: int) -> list[dict]:
+    out = []
+    for c in (await session.execute(select(Campaign).where(Campaign.created_at < to).order_by(Campaign.id))).scalars():
+        runs = (await session.execute(select(CampaignRun.id, CampaignRun.scheduled_for).where(
+            CampaignRun.campaign_id == c.id, CampaignRun.scheduled_for >= frm, CampaignRun.scheduled_for < to))).all()
+        if not runs:
+            continue
+        run_ids = [r for r, _ in runs]
+        start = min(t for _, t in runs)
+        counts = dict((await session.execute(select(Delivery.reason, func.count()).where(
+            Delivery.run_id.in_(run_ids)).group_by(Delivery.reason))).all())
+
+        typ = dict((await session.execute(select(Interaction.type, func.count()).where(
+            Interaction.campaign_id == c.id, Interaction.occurred_at >= frm, Interaction.occurred_at < to)
+            .group_by(Interaction.type))).all())
+        n_orders, gmv = (await session.execute(select(func.count(Order.id), func.sum(Order.amount)).where(
+            Order.campaign_id == c.id))).one()
+        queued = (await session.execute(select(func.count()).select_from(Delivery).where(
+            Delivery.run_id.in_(run_ids), Delivery.status == "queued"))).scalar_one()
+        sent = (await session.execute(select(func.count()).select_from(Delivery).join(
+            Outbox, Outbox.id == Delivery.outbox_id).where(Delivery.run_id.in_(run_ids), Outbox.status == "sent"))
+        ).scalar_one()
+        out.append({"campaign_id": c.id, "campaign": c.name, "runs": len(runs), "audience": sum(counts.values()),
+                    "queued": queued, "sent": sent, "delivered": typ.get("push_sent", 0),
+                    "clicked": typ.get("link_click", 0), "redeemed": typ.get("coupon_redeemed", 0),
+                    "orders": n_orders, "gmv": _money(gmv), "holdout": counts.get("holdout", 0),
+                    **lift(queued, await _buyers(session, run_ids, start, window_days, holdout=False),
+                           counts.get("holdout", 0), await _buyers(session, run_ids, start, window_days, holdout=True))})
+    return out
+
+
+async def funnel(session, frm, to) -> dict:
+    """导购三律: clerks active (login rate), sharing (share rate), customers chatted → bought."""
+    active_clerks = (await session.execute(select(func.count()).select_from(Clerk).where(Clerk.status == "active"))
+                     ).scalar_one()
+    working = (await session.execute(select(func.count(func.distinct(Interaction.clerk_id))).where(
+        Interaction.type == "message_out", Interaction.occurred_at >= frm, Interaction.occurred_at < to))).scalar_one()
+    briefed = (await session.execute(select(func.count(func.distinct(Delivery.clerk_id))).select_from(Delivery)
+                                     .join(CampaignRun, CampaignRun.id == Delivery.run_id)
+                                     .where(CampaignRun.scheduled_for >= frm, CampaignRun.scheduled_for < to))
+               ).scalar_one()
+    sharing = (await session.execute(select(func.count(func.distinct(Interaction.clerk_id))).where(
+        Interaction.type == "forwarded", Interaction.occurred_at >= frm, Interaction.occurred_at < to))).scalar_one()
+    chatted = select(func.distinct(Interaction.customer_id)).where(
+        Interaction.type == "message_in", Interaction.occurred_at >= frm, Interaction.occurred_at < to)
+    n_chat = (await session.execute(select(func.count()).select_from(chatted.subquery()))).scalar_one()
+    bought = (await session.execute(select(func.count(func.distinct(Order.customer_id))).where(
+        Order.customer_id.in_(chatted), Order.placed_at >= frm, Order.placed_at < to))).scalar_one()
+
+    def rate(a, b):
+        return round(a / b, 4) if b else None
+
+    return {"clerks_active": active_clerks, "clerks_working": working, "login_rate": rate(working, active_clerks),
+            "clerks_briefed": briefed, "clerks_sharing": sharing, "share_rate": rate(sharing, briefed),
+            "customers_chatted": n_chat, "customers_bought": bought, "chat_to_deal": rate(bought, n_chat)}
+
+
+async def build(gw: Gateway, kind: str, frm: datetime, to: datetime, store_id: int | None = None):
+    async with gw.db() as s:
+        if kind == "clerks":
+            return await clerks(s, frm, to, store_id)
+        if kind == "stores":
+            return await stores(s, frm, to, store_id)
+        if kind == "campaigns":
+            return await campaigns(s, frm, to, gw.config.attribution.campaign_window_days)
+        return await funnel(s, frm, to)
+
+
+def to_csv(rows) -> str:
+    rows = rows if isinstance(rows, list) else [rows]
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def to_table(rows) -> str:
+    rows = rows if isinstance(rows, list) else [rows]
+    if not rows:
+        return "(nothing in this period)"
+    cols = list(rows[0])
+    cells = [[("—" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    width = [max(_w(c), *(_w(x[i]) for x in cells)) for i, c in enumerate(cols)]
+
+    def pad(text: str, w: int) -> str:
+        return text + " " * (w - _w(text))
+
+    line = "  ".join(pad(c, w) for c, w in zip(cols, width, strict=True))
+    return "\n".join([line, "  ".join("-" * w for w in width)] +
+                     ["  ".join(pad(x, w) for x, w in zip(row, width, strict=True)) for row in cells])
+
+
+def _w(text: str) -> int:
+    """Display width: CJK characters take two columns in a terminal."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
