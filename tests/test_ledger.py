@@ -235,3 +235,52 @@ async def test_reports_per_clerk_store_and_funnel_as_json_and_csv(gw, client, wo
     assert (await csv_.text()).splitlines()[0].startswith("clerk_id,clerk,store_id")
     assert (await client.get("/api/v1/reports/nope", headers=h)).status == 404
     assert (await client.get("/api/v1/reports/clerks?from=yesterday", headers=h)).status == 400
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories())
+def test_incremental_appends_never_change_a_line_and_end_equal_to_a_rebuild(h):
+    """Replaying the history in time order, each step's ledger only adds lines to the last one:
+    what was appended is never wrong later (append-only is sound), and the end is the rebuild."""
+    bindings, orders, refunds = h
+    events = sorted([(b.valid_from, "b", b) for b in bindings] + [(b.valid_to, "e", b) for b in bindings if b.valid_to]
+                    + [(o.placed_at, "o", o) for o in orders] + [(r.refunded_at, "r", r) for r in refunds],
+                    key=lambda e: (e[0], "beor".index(e[1])))
+    seen_b: dict[int, ledger.BindingRec] = {}
+    seen_o, seen_r, appended = [], [], {}
+    for _, kind, x in events:
+        if kind == "b":
+            seen_b[x.id] = ledger.BindingRec(x.id, x.clerk_id, x.store_id, x.valid_from, None, None)
+        elif kind == "e":
+            seen_b[x.id] = x
+        elif kind == "o":
+            seen_o.append(x)
+        else:
+            seen_r.append(x)
+        for e in ledger.entries(1, list(seen_b.values()), seen_o, seen_r, RULES):
+            assert appended.setdefault(e.source, e) == e  # a line, once written, stays right
+    assert set(appended.values()) == set(ledger.entries(1, bindings, orders, refunds, RULES))
+
+
+async def test_an_order_with_the_customers_coupon_marks_it_redeemed(gw, client, world):
+    from gateway.models import Coupon, CouponCode
+
+    gw.config.orders.webhook_secret = SECRET
+    now = gw.clock.now()
+    async with gw.db() as s:
+        c = Customer(name="券", created_at=now)
+        s.add(c)
+        await s.flush()
+        cp = Coupon(name="满减", value=Decimal("20.00"), valid_from=now - timedelta(days=1), valid_to=now + timedelta(days=9))
+        s.add(cp)
+        await s.flush()
+        s.add_all([CouponCode(coupon_id=cp.id, code="MINE-1", customer_id=c.id, issued_at=now),
+                   CouponCode(coupon_id=cp.id, code="OTHER-1")])
+        await s.commit()
+        cid = c.id
+    r = await post_order(client, {"order_id": "C-1", "customer": {"customer_id": cid}, "amount": "88.00",
+                                  "channel": "store", "placed_at": now.isoformat(), "coupon_codes": ["MINE-1", "OTHER-1"]})
+    assert r.status == 201
+    async with gw.db() as s:
+        codes = {x.code: x.redeemed_at for x in (await s.execute(select(CouponCode))).scalars()}
+    assert codes["MINE-1"] is not None and codes["OTHER-1"] is None  # only the customer's own code counts
