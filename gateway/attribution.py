@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from gateway import ledger
 from gateway.interactions import log_interaction
@@ -127,7 +128,7 @@ async def record_order(gw: Gateway, body: dict) -> tuple[int, dict]:
         s.add(o)
         try:
             await s.flush()
-        except Exception:  # noqa: BLE001 - a concurrent resend won the UNIQUE order_id: answer as a resend
+        except IntegrityError:  # a concurrent resend won the UNIQUE order_id: answer as a resend
             await s.rollback()
             return await record_order(gw, body)
         for code in body.get("coupon_codes") or []:
@@ -174,8 +175,8 @@ async def record_refund(gw: Gateway, order_id: str, body: dict) -> tuple[int, di
 async def _out(s, o: Order, gw: Gateway) -> dict:
     refunded = (await s.execute(select(func.coalesce(func.sum(Refund.amount), 0)).where(Refund.order_pk == o.id))
                 ).scalar_one()
-    lines = (await s.execute(select(LedgerEntry).where(or_(
-        LedgerEntry.order_id == o.order_id)).order_by(LedgerEntry.id))).scalars().all()
+    lines = (await s.execute(select(LedgerEntry).where(LedgerEntry.order_id == o.order_id)
+                             .order_by(LedgerEntry.id))).scalars().all()
     return {"order_id": o.order_id, "customer_id": o.customer_id, "channel": o.channel, "amount": f"{o.amount:.2f}",
             "refunded": f"{Decimal(refunded):.2f}", "placed_at": o.placed_at.astimezone(gw.tz).isoformat(),
             "clerk_id": o.clerk_id, "store_id": o.attributed_store_id, "campaign_id": o.campaign_id,
