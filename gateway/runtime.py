@@ -244,18 +244,18 @@ class Gateway:
     async def _q_awaiting_delivery(self, account: str, days: int = 3) -> list[dict]:
         """Customer messages a platform accepted but has not reported on (WeCom tasks), by platform id."""
         since = self.clock.now() - timedelta(days=days)
-        async with self.db() as s:
-            rows = (await s.execute(
-                select(ChatMessage.platform_msg_id, Outbox.target)
+        async with self.db() as s:  # one row per platform id (a mass task covers many customers)
+            firsts = (await s.execute(
+                select(ChatMessage.platform_msg_id, func.min(Outbox.id))
                 .join(Outbox, Outbox.message_id == ChatMessage.id)
                 .where(ChatMessage.account == account, ChatMessage.direction == "out", ChatMessage.side == "customer",
                        ChatMessage.status == "sent", ChatMessage.platform_msg_id.is_not(None),
                        ChatMessage.created_at >= since)
+                .group_by(ChatMessage.platform_msg_id)
             )).all()
-        tasks: dict[str, dict] = {}
-        for pid, target in rows:
-            tasks.setdefault(pid, {"platform_msg_id": pid, "hints": (target or {}).get("hints") or {}})
-        return list(tasks.values())
+            targets = dict((await s.execute(select(Outbox.id, Outbox.target).where(
+                Outbox.id.in_([oid for _, oid in firsts])))).all()) if firsts else {}
+        return [{"platform_msg_id": pid, "hints": (targets.get(oid) or {}).get("hints") or {}} for pid, oid in firsts]
 
     async def _q_pending_transfers(self, account: str) -> list[dict]:
         """Requested transfers on `account`, grouped the way the platform reports them."""
