@@ -41,19 +41,29 @@ def _money(x) -> str:
     return f"{Decimal(x or 0):.2f}"
 
 
-async def _per(session, column, type_: str, frm, to) -> dict:
-    rows = (await session.execute(select(column, func.count()).where(
-        Interaction.type == type_, Interaction.occurred_at >= frm, Interaction.occurred_at < to).group_by(column))).all()
-    return dict(rows)
-
-
-async def _reply_seconds(session, key, frm, to) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for k, payload in (await session.execute(select(key, Interaction.payload).where(
-            Interaction.type == "first_reply", Interaction.occurred_at >= frm, Interaction.occurred_at < to))).all():
-        if k is not None and isinstance((payload or {}).get("seconds"), int):
-            out.setdefault(k, []).append(payload["seconds"])
+async def _counts(session, column, types: tuple[str, ...], frm, to) -> dict[str, dict]:
+    """type -> {key: count}, in one pass over the period."""
+    out: dict[str, dict] = {t: {} for t in types}
+    for k, t, n in (await session.execute(select(column, Interaction.type, func.count()).where(
+            Interaction.type.in_(types), Interaction.occurred_at >= frm, Interaction.occurred_at < to)
+            .group_by(column, Interaction.type))).all():
+        out[t][k] = n
     return out
+
+
+async def _reply_median(session, key, frm, to) -> dict:
+    """Median first-reply seconds per key: in SQL on PostgreSQL, in Python on SQLite."""
+    seconds = Interaction.payload["seconds"].as_integer()
+    where = (Interaction.type == "first_reply", Interaction.occurred_at >= frm, Interaction.occurred_at < to)
+    if session.bind.dialect.name == "postgresql":
+        rows = (await session.execute(select(key, func.percentile_cont(0.5).within_group(seconds))
+                                      .where(*where).group_by(key))).all()
+        return {k: int(m) for k, m in rows if k is not None and m is not None}
+    by: dict[int, list[int]] = {}
+    for k, v in (await session.execute(select(key, seconds).where(*where))).all():
+        if k is not None and v is not None:
+            by.setdefault(k, []).append(v)
+    return {k: int(statistics.median(v)) for k, v in by.items()}
 
 
 async def _orders(session, key, frm, to) -> dict:
@@ -72,26 +82,23 @@ async def clerks(session, frm, to, store_id: int | None = None) -> list[dict]:
         q = q.where(Clerk.store_id == store_id)
     staff = (await session.execute(q)).scalars().all()
     key = Interaction.clerk_id
-    recruited = await _per(session, key, "bound", frm, to)
-    messages = await _per(session, key, "message_out", frm, to)
-    forwards = await _per(session, key, "forwarded", frm, to)
-    pushes = await _per(session, key, "push_sent", frm, to)
+    n = await _counts(session, key, ("bound", "message_out", "forwarded", "push_sent"), frm, to)
+    recruited, messages, forwards, pushes = n["bound"], n["message_out"], n["forwarded"], n["push_sent"]
     active = dict((await session.execute(select(Interaction.clerk_id, func.count(func.distinct(Interaction.customer_id)))
                                          .where(Interaction.type.in_(("message_in", "message_out")),
                                                 Interaction.occurred_at >= frm, Interaction.occurred_at < to)
                                          .group_by(Interaction.clerk_id))).all())
-    replies = await _reply_seconds(session, key, frm, to)
+    replies = await _reply_median(session, key, frm, to)
     orders = await _orders(session, Order.clerk_id, frm, to)
     commission = dict((await session.execute(select(LedgerEntry.clerk_id, func.sum(LedgerEntry.amount)).where(
         LedgerEntry.created_at >= frm, LedgerEntry.created_at < to).group_by(LedgerEntry.clerk_id))).all())
     out = []
     for c in staff:
         n, gmv = orders.get(c.id, (0, Decimal(0)))
-        r = replies.get(c.id)
         out.append({"clerk_id": c.id, "clerk": c.display_name, "store_id": c.store_id, "status": c.status,
                     "members_recruited": recruited.get(c.id, 0), "active_customers": active.get(c.id, 0),
                     "messages": messages.get(c.id, 0),
-                    "first_reply_median_s": int(statistics.median(r)) if r else None,
+                    "first_reply_median_s": replies.get(c.id),
                     "forwards": forwards.get(c.id, 0), "pushes_delivered": pushes.get(c.id, 0),
                     "orders": n, "gmv": _money(gmv), "commission": _money(commission.get(c.id))})
     return out
@@ -102,19 +109,17 @@ async def stores(session, frm, to, store_id: int | None = None) -> list[dict]:
     if store_id is not None:
         q = q.where(Store.id == store_id)
     key = Interaction.store_id
-    recruited = await _per(session, key, "bound", frm, to)
-    messages = await _per(session, key, "message_out", frm, to)
-    replies = await _reply_seconds(session, key, frm, to)
+    n = await _counts(session, key, ("bound", "message_out"), frm, to)
+    recruited, messages = n["bound"], n["message_out"]
+    replies = await _reply_median(session, key, frm, to)
     orders = await _orders(session, Order.attributed_store_id, frm, to)
     commission = dict((await session.execute(select(LedgerEntry.store_id, func.sum(LedgerEntry.amount)).where(
         LedgerEntry.created_at >= frm, LedgerEntry.created_at < to).group_by(LedgerEntry.store_id))).all())
     out = []
     for st in (await session.execute(q)).scalars():
         n, gmv = orders.get(st.id, (0, Decimal(0)))
-        r = replies.get(st.id)
         out.append({"store_id": st.id, "store": st.name, "members_recruited": recruited.get(st.id, 0),
-                    "messages": messages.get(st.id, 0),
-                    "first_reply_median_s": int(statistics.median(r)) if r else None,
+                    "messages": messages.get(st.id, 0), "first_reply_median_s": replies.get(st.id),
                     "orders": n, "gmv": _money(gmv), "commission": _money(commission.get(st.id))})
     return out
 

@@ -201,7 +201,7 @@ def test_lift_is_the_difference_of_conversion_rates_with_an_interval():
     assert lift(10, 1, 0, 0)["lift"] is None  # no holdout: no lift claimed
 
 
-async def test_reports_per_clerk_store_and_funnel_as_json_and_csv(gw, client, world):
+async def test_reports_per_clerk_store_and_funnel_as_json_and_csv(gw, client, world, backend):
     from adapters.webchat.simulator import BrandApp
     from adapters.workbench.simulator import ClerkClient
     from tests.conftest import WEBCHAT_SECRET
