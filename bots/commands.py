@@ -1,12 +1,13 @@
-"""Clerk commands in the work IM: /help, /customers, /qr, /tag, /untag, /campaigns, /forward."""
+"""Clerk commands in the work IM: /help, /customers, /qr, /tag, /untag, /campaigns, /forward, /stats."""
 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from sqlmodel import select
 
-from gateway import advisors, campaigns
+from gateway import advisors, campaigns, reports
 from gateway.model import Message, Segment
 from gateway.models import Invite
 from gateway.router import Ctx, Router, text_match
@@ -18,6 +19,7 @@ HELP = """可用指令 Commands:
 /qr         我的专属邀请码与二维码 your invite link and QR code
 /tag #n vip   给顾客加标签 tag a customer (/untag #n vip removes it)
 /campaigns  可转发的活动 campaigns you can forward
+/stats      近30天业绩 your last 30 days
 /forward 12 把活动12以您的名义发给您的顾客 send campaign 12 to your customers
 /help       本帮助 this help
 回复顾客：#编号 内容，例如 “#1 您好”；直接发文字则发给当前顾客。
@@ -63,6 +65,22 @@ async def qr(ctx: Ctx):
                  Segment("image", {"url": f"{url}/qr.png", "alt": f"QR {invite.code}"})]),
         suffix="qr", kind="notice",
     )
+
+
+@router.on("message", text_match(r"^\s*/stats\b"), side="clerk")
+async def stats(ctx: Ctx):
+    """The clerk's own figures for the last 30 days (the clerks report, one row)."""
+    now = ctx.now()
+    rows = await reports.clerks(ctx.session, now - timedelta(days=30), now, ctx.clerk.store_id)
+    me = next((r for r in rows if r["clerk_id"] == ctx.clerk.id), None)
+    if me is None:
+        await ctx.reply("暂无数据。 No figures yet.")
+        return
+    reply = "—" if me["first_reply_median_s"] is None else f"{me['first_reply_median_s'] // 60} 分钟"
+    await ctx.reply(f"近30天 Last 30 days:\n新会员 members {me['members_recruited']} · 服务顾客 customers "
+                    f"{me['active_customers']} · 消息 messages {me['messages']}\n首次回复中位 first reply {reply} · "
+                    f"转发 forwards {me['forwards']}\n成交 orders {me['orders']} · 业绩 GMV ¥{me['gmv']} · "
+                    f"佣金 commission ¥{me['commission']}")
 
 
 @router.on("message", text_match(r"^\s*/campaigns\b"), side="clerk")

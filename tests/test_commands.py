@@ -101,3 +101,17 @@ async def test_opt_out_and_back_in(client, gw, world):
         cust = (await s.exec(select(Customer))).one()
         types = [i.type for i in (await s.exec(select(Interaction).order_by(Interaction.id))).all()]
     assert cust.opted_out_at is None and [t for t in types if t.startswith("opt")] == ["opt_out", "opt_in"]
+
+
+async def test_stats_gives_the_clerk_their_last_30_days(client, gw, world):
+    from adapters.webchat.simulator import BrandApp
+    from adapters.workbench.simulator import ClerkClient
+    from tests.conftest import WEBCHAT_SECRET
+
+    server = str(client.make_url("")).rstrip("/")
+    c = await BrandApp(client.session, server, "webchat", WEBCHAT_SECRET).login("u-s", "Sam")
+    await c.bind(world.invite)
+    clerk = ClerkClient(client.session, server, world.clerk_token)
+    await clerk.say("/stats")
+    got = await clerk.wait_for(lambda m: "Last 30 days" in m["text"])
+    assert "新会员 members 1" in got["text"] and "佣金 commission ¥0.00" in got["text"]
