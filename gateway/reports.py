@@ -8,6 +8,7 @@ PostgreSQL. Campaign lift compares buyers among those who got a push with buyers
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import math
@@ -76,22 +77,38 @@ async def _orders(session, key, frm, to) -> dict:
     return {k: (n, Decimal(gmv or 0) - Decimal(back or 0)) for k, n, gmv, back in rows}
 
 
-async def clerks(session, frm, to, store_id: int | None = None) -> list[dict]:
+async def _active(session, frm, to) -> dict:
+    return dict((await session.execute(select(Interaction.clerk_id, func.count(func.distinct(Interaction.customer_id)))
+                                       .where(Interaction.type.in_(("message_in", "message_out")),
+                                              Interaction.occurred_at >= frm, Interaction.occurred_at < to)
+                                       .group_by(Interaction.clerk_id))).all())
+
+
+async def _commission(session, key, frm, to) -> dict:
+    return dict((await session.execute(select(key, func.sum(LedgerEntry.amount)).where(
+        LedgerEntry.created_at >= frm, LedgerEntry.created_at < to).group_by(key))).all())
+
+
+async def _staff(session, store_id):
     q = select(Clerk).order_by(Clerk.id)
     if store_id is not None:
         q = q.where(Clerk.store_id == store_id)
-    staff = (await session.execute(q)).scalars().all()
+    return (await session.execute(q)).scalars().all()
+
+
+async def clerks(session, frm, to, store_id: int | None = None, *, gather=None) -> list[dict]:
+    """`gather(*(fn, args…))`, when given, runs the independent aggregations each on its own
+    connection at once (the API and CLI do; a bot inside its transaction runs them in turn)."""
     key = Interaction.clerk_id
-    n = await _counts(session, key, ("bound", "message_out", "forwarded", "push_sent"), frm, to)
+    parts = [(_staff, store_id), (_counts, key, ("bound", "message_out", "forwarded", "push_sent"), frm, to),
+             (_active, frm, to), (_reply_median, key, frm, to), (_orders, Order.clerk_id, frm, to),
+             (_commission, LedgerEntry.clerk_id, frm, to)]
+    if gather is not None:
+        results = await gather(*parts)
+    else:
+        results = [await fn(session, *args) for fn, *args in parts]
+    staff, n, active, replies, orders, commission = results
     recruited, messages, forwards, pushes = n["bound"], n["message_out"], n["forwarded"], n["push_sent"]
-    active = dict((await session.execute(select(Interaction.clerk_id, func.count(func.distinct(Interaction.customer_id)))
-                                         .where(Interaction.type.in_(("message_in", "message_out")),
-                                                Interaction.occurred_at >= frm, Interaction.occurred_at < to)
-                                         .group_by(Interaction.clerk_id))).all())
-    replies = await _reply_median(session, key, frm, to)
-    orders = await _orders(session, Order.clerk_id, frm, to)
-    commission = dict((await session.execute(select(LedgerEntry.clerk_id, func.sum(LedgerEntry.amount)).where(
-        LedgerEntry.created_at >= frm, LedgerEntry.created_at < to).group_by(LedgerEntry.clerk_id))).all())
     out = []
     for c in staff:
         n, gmv = orders.get(c.id, (0, Decimal(0)))
@@ -113,8 +130,7 @@ async def stores(session, frm, to, store_id: int | None = None) -> list[dict]:
     recruited, messages = n["bound"], n["message_out"]
     replies = await _reply_median(session, key, frm, to)
     orders = await _orders(session, Order.attributed_store_id, frm, to)
-    commission = dict((await session.execute(select(LedgerEntry.store_id, func.sum(LedgerEntry.amount)).where(
-        LedgerEntry.created_at >= frm, LedgerEntry.created_at < to).group_by(LedgerEntry.store_id))).all())
+    commission = await _commission(session, LedgerEntry.store_id, frm, to)
     out = []
     for st in (await session.execute(q)).scalars():
         n, gmv = orders.get(st.id, (0, Decimal(0)))
@@ -202,9 +218,16 @@ async def funnel(session, frm, to) -> dict:
 
 
 async def build(gw: Gateway, kind: str, frm: datetime, to: datetime, store_id: int | None = None):
+    async def one(fn, *args):
+        async with gw.db() as s:
+            return await fn(s, *args)
+
+    async def gather(*parts):
+        return await asyncio.gather(*(one(fn, *args) for fn, *args in parts))
+
     async with gw.db() as s:
         if kind == "clerks":
-            return await clerks(s, frm, to, store_id)
+            return await clerks(s, frm, to, store_id, gather=gather)
         if kind == "stores":
             return await stores(s, frm, to, store_id)
         if kind == "campaigns":
