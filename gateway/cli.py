@@ -118,25 +118,29 @@ def cmd_campaigns(args) -> int:
         finally:
             await gw.engine.dispose()
 
-    while True:
-        reports = asyncio.run(run())
-        if not reports:
-            print("no campaigns" if not args.id else f"no campaign {args.id}", file=sys.stderr)
-            return 1 if args.id else 0
+    def show(reports: list[dict]) -> None:
         print(f"{'campaign':<24} {'run':<26} {'status':<14} {'audience':>8} {'queued':>7} {'sent':>7} "
               f"{'pending':>7} {'held':>5} {'failed':>6} {'clicked':>7}")
         for r in reports:
-            for run in r["runs"] or [{"scheduled_for": "—", "status": r["status"]}]:
-                print(f"{('#' + str(r['id']) + ' ' + r['name'])[:24]:<24} {run['scheduled_for'][:25]:<26} "
-                      f"{run['status']:<14} {run.get('audience', 0):>8} {run.get('queued', 0):>7} "
-                      f"{run.get('sent', 0):>7} {run.get('pending', 0):>7} {run.get('held', 0):>5} "
-                      f"{run.get('failed', 0):>6} {run.get('clicked', 0):>7}")
-        if not args.watch or all(run["status"] in ("done", "cancelled") for r in reports for run in r["runs"]):
-            return 0
-        import time
+            for run_ in r["runs"] or [{"scheduled_for": "—", "status": r["status"]}]:
+                print(f"{('#' + str(r['id']) + ' ' + r['name'])[:24]:<24} {run_['scheduled_for'][:25]:<26} "
+                      f"{run_['status']:<14} {run_.get('audience', 0):>8} {run_.get('queued', 0):>7} "
+                      f"{run_.get('sent', 0):>7} {run_.get('pending', 0):>7} {run_.get('held', 0):>5} "
+                      f"{run_.get('failed', 0):>6} {run_.get('clicked', 0):>7}")
 
-        time.sleep(args.watch)
-        print()
+    async def watch() -> int:
+        while True:
+            reports = await run()
+            if not reports:
+                print("no campaigns" if not args.id else f"no campaign {args.id}", file=sys.stderr)
+                return 1 if args.id else 0
+            show(reports)
+            if not args.watch or all(x["status"] in ("done", "cancelled") for r in reports for x in r["runs"]):
+                return 0
+            await asyncio.sleep(args.watch)
+            print()
+
+    return asyncio.run(watch())
 
 
 def cmd_report(args) -> int:
