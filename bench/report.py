@@ -69,7 +69,7 @@ async def seed(dsn: str, customers: int, interactions: int, orders: int) -> None
             "INSERT INTO ledger_entry (source, kind, clerk_id, store_id, customer_id, amount, order_id, rule_version, "
             "created_at) SELECT 'order:' || order_id, 'commission', clerk_id, attributed_store_id, customer_id, "
             "round(amount * 0.03, 2), order_id, 'v1', placed_at FROM orders")
-        await conn.execute("ANALYZE")
+        await conn.execute("VACUUM ANALYZE")  # what autovacuum does in a running system: index-only scans need it
     finally:
         await conn.close()
 
@@ -98,6 +98,21 @@ async def main() -> int:
             t0 = time.perf_counter()
             rows = await reports.build(gw, "clerks", now - timedelta(days=30), now)
             times.append(time.perf_counter() - t0)
+        frm = now - timedelta(days=30)
+        from gateway.models import Interaction, LedgerEntry, Order
+
+        parts = {"counts by type": (reports._counts, Interaction.clerk_id,
+                                    ("bound", "message_out", "forwarded", "push_sent"), frm, now),
+                 "active customers (distinct)": (reports._active, frm, now),
+                 "first-reply median": (reports._reply_median, Interaction.clerk_id, frm, now),
+                 "orders and GMV": (reports._orders, Order.clerk_id, frm, now),
+                 "commission": (reports._commission, LedgerEntry.clerk_id, frm, now)}
+        profile = {}
+        for label, (fn, *a) in parts.items():
+            async with gw.db() as s:
+                t0 = time.perf_counter()
+                await fn(s, *a)
+                profile[label] = time.perf_counter() - t0
         await gw.engine.dispose()
     finally:
         await aconn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -106,6 +121,7 @@ async def main() -> int:
     print(f"history: {args.interactions:,} interactions, {args.orders:,} orders, {args.customers:,} customers "
           f"(seeded in {seeded:.0f} s)")
     print(f"clerk report (30 days, {len(rows)} clerks): best {min(times):.2f} s, median {statistics.median(times):.2f} s")
+    print("parts, one at a time: " + ", ".join(f"{k} {v:.2f} s" for k, v in profile.items()))
     print(f"{'met' if min(times) < 2 else 'NOT MET'}: < 2 s")
     return 0
 

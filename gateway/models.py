@@ -447,7 +447,9 @@ class Interaction(SQLModel, table=True):
 
     __table_args__ = (
         sa.Index("ix_interaction_customer", "customer_id", "occurred_at"),
-        sa.Index("ix_interaction_type", "type", "occurred_at"),
+        # Reports aggregate by type over a period and group by clerk / store / customer: with those
+        # columns in the index PostgreSQL answers from it alone (index-only scans).
+        sa.Index("ix_interaction_type", "type", "occurred_at", "clerk_id", "store_id", "customer_id"),
         sa.Index("ix_interaction_clerk", "clerk_id", "occurred_at"),
     )
     id: int | None = Field(default=None, primary_key=True)

@@ -18,6 +18,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('interaction', schema=None) as batch_op:
+        batch_op.drop_index('ix_interaction_type')
+        batch_op.create_index('ix_interaction_type', ['type', 'occurred_at', 'clerk_id', 'store_id', 'customer_id'],
+                              unique=False)
+
     op.create_table('orders',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('order_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
@@ -79,6 +84,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('interaction', schema=None) as batch_op:
+        batch_op.drop_index('ix_interaction_type')
+        batch_op.create_index('ix_interaction_type', ['type', 'occurred_at'], unique=False)
+
     with op.batch_alter_table('refund', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_refund_order_pk'))
 
