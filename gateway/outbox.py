@@ -277,7 +277,8 @@ class OutboxWorker:
                 log.exception("outbox send %s failed unexpectedly", row.id)
                 return await self._retry(row, f"{type(e).__name__}: {e}", None)
             # Recorded before the peer's next send: platforms that count sends per window read it.
-            if not await self._sent.submit((row, receipt)):
+            # The send's own time, not the later group commit's: reply windows count by it.
+            if not await self._sent.submit((row, receipt, self.gw.clock.now())):
                 return "lost_lease"  # another worker took the row over after our lease ran out
         self.sent += 1
         return "sent"
@@ -291,23 +292,24 @@ class OutboxWorker:
             done = set(
                 (await s.execute(
                     update(ob)
-                    .where(ob.c.id.in_([r.id for r, _ in batch]), ob.c.claimed_by == self.worker_id,
+                    .where(ob.c.id.in_([r.id for r, _, _ in batch]), ob.c.claimed_by == self.worker_id,
                            ob.c.status == "sending")
                     .values(status="sent", lease_until=None, sent_at=now, last_error=None, error_code=None)
                     .returning(ob.c.id)
                 )).scalars()
             )
-            ids = [{"mid": r.message_id, "st": "delivered" if rc.delivered else "sent", "pid": rc.platform_msg_id}
-                   for r, rc in batch if r.id in done and r.message_id is not None]
+            ids = [{"mid": r.message_id, "st": "delivered" if rc.delivered else "sent", "pid": rc.platform_msg_id,
+                    "at": at} for r, rc, at in batch if r.id in done and r.message_id is not None]
             if ids:
                 await s.execute(
                     update(msg).where(msg.c.id == bindparam("mid"))
-                    .values(status=bindparam("st"), platform_msg_id=bindparam("pid"), sent_at=now), ids)
-            pids = [{"oid": r.id, "pid": rc.platform_msg_id} for r, rc in batch if r.id in done and rc.platform_msg_id]
+                    .values(status=bindparam("st"), platform_msg_id=bindparam("pid"), sent_at=bindparam("at")), ids)
+            pids = [{"oid": r.id, "pid": rc.platform_msg_id} for r, rc, _ in batch
+                    if r.id in done and rc.platform_msg_id]
             if pids:
                 await s.execute(update(ob).where(ob.c.id == bindparam("oid")).values(platform_msg_id=bindparam("pid")), pids)
             await s.commit()
-        return [r.id in done for r, _ in batch]
+        return [r.id in done for r, _, _ in batch]
 
     @contextlib.asynccontextmanager
     async def _peer_lock(self, account: str, peer: str):

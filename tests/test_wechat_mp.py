@@ -95,6 +95,8 @@ async def follow(gw, client, sim, openid, invite, **kw):
     cid = await customer_of(gw, openid)
     await wait_until(lambda: open_binding(gw, cid))
     await wait_until(lambda: any("我是小林" in t or "我是芳芳" in t for t in custom_texts(sim, openid)))  # welcomed
+    await wait_until(lambda: count(gw, ChatMessage, ChatMessage.peer_id == openid, ChatMessage.direction == "out",
+                                   ChatMessage.status.in_(("sent", "delivered"))))  # ... and recorded
     return cid
 
 
