@@ -28,6 +28,7 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingress.py
 	$(BIN)/python bench/campaign.py
+	$(BIN)/python bench/report.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check gateway adapters bots tests bench
