@@ -9,9 +9,9 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlmodel import select
 
-from gateway import advisors
-from gateway.model import Identity, Message, Target
-from gateway.models import AdvisorRequest, Clerk, Invite
+from gateway import advisors, campaigns
+from gateway.model import Identity, Message, Segment, Target
+from gateway.models import AdvisorRequest, Campaign, Clerk, Coupon, Invite, Product
 from gateway.router import Ctx, Router
 
 router = Router("welcome")
@@ -65,14 +65,37 @@ async def welcome(ctx: Ctx, outcome, *, hints: dict, consent_how: str) -> None:
                   payload={"binding_id": b.id, "source": b.source, "channel": ev.sender.platform,
                            "consent_version": c.consent_version, "consent_how": consent_how})
     n = await advisors.handle_for(ctx.session, clerk.id, c.id)
+    segments = [Segment.text(WELCOME.format(advisor=clerk.display_name))] + await _campaign_gifts(ctx, b)
     await ctx.send(Target(ev.sender, customer_id=c.id, clerk_id=clerk.id, hints=hints),
-                   Message.of_text(WELCOME.format(advisor=clerk.display_name), clerk.display_name),
-                   suffix="welcome", kind="welcome")
+                   Message(segments, clerk.display_name), suffix="welcome", kind="welcome")
     target = await ctx.gw.clerk_target(ctx.session, clerk)
     if target is not None:
         name = advisors.customer_name(c, ctx.identity)
         await ctx.send(target, Message.of_text(f"新顾客绑定：【{name} #{n}】已成为您的会员顾客。回复 #{n} 加内容即可联系TA。"),
                        suffix="clerk-new-customer", kind="notice")
+
+
+async def _campaign_gifts(ctx: Ctx, binding) -> list[Segment]:
+    """An invite made for a campaign welcomes with its product card and a coupon code of the pool."""
+    invite = await ctx.session.get(Invite, binding.invite_id) if binding.invite_id else None
+    campaign = await ctx.session.get(Campaign, invite.campaign_id) if invite and invite.campaign_id else None
+    if campaign is None:
+        return []
+    out = []
+    product = await ctx.session.get(Product, campaign.content["product_id"]) if campaign.content.get("product_id") \
+        else None
+    if product is not None and product.url:
+        out.append(Segment("product", {"name": product.name, "price": f"{product.price:.2f}", "url": product.url,
+                                       "image_url": product.image_url or ""}))
+    if campaign.coupon_id:
+        code = (await campaigns.issue_codes(ctx.session, campaign.coupon_id, [ctx.customer.id], ctx.now())
+                ).get(ctx.customer.id)
+        coupon = await ctx.session.get(Coupon, campaign.coupon_id)
+        if code:
+            out.append(Segment("coupon", {"name": coupon.name, "code": code, "value": f"{coupon.value:.2f}"}))
+            await ctx.log("coupon_issued", customer_id=ctx.customer.id, clerk_id=binding.clerk_id,
+                          campaign_id=campaign.id, payload={"coupon_id": coupon.id, "via": "welcome"})
+    return out
 
 
 async def _ask(ctx: Ctx, outcome, p: dict):

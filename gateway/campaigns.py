@@ -207,7 +207,7 @@ def _token() -> str:
     return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
 
 
-async def _issue_codes(session, coupon_id: int, customer_ids: list[int], now: datetime) -> dict[int, str]:
+async def issue_codes(session, coupon_id: int, customer_ids: list[int], now: datetime) -> dict[int, str]:
     """One code per customer from the pool (a customer who has one keeps it)."""
     have = dict((await session.execute(select(CouponCode.customer_id, CouponCode.code).where(
         CouponCode.coupon_id == coupon_id, CouponCode.customer_id.in_(customer_ids)))).all())
@@ -293,7 +293,7 @@ async def _write_batch(s, gw: Gateway, campaign: Campaign, run: CampaignRun, pro
          for d in decisions])).scalars())
     send = [d for d in decisions if d.reason is None and d.customer_id in new]
     if campaign.coupon_id and send:
-        codes = await _issue_codes(s, campaign.coupon_id, [d.customer_id for d in send], now)
+        codes = await issue_codes(s, campaign.coupon_id, [d.customer_id for d in send], now)
         for d in send:
             if d.customer_id in codes:
                 d.vars["coupon_code"] = codes[d.customer_id]

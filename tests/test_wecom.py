@@ -513,3 +513,34 @@ async def _all_sent(gw, pattern, n):
 
 async def _n_is(gw, model, n, *where):
     return await count(gw, model, *where) == n
+
+
+async def test_a_campaign_invite_welcomes_with_its_product_link_and_a_coupon_code(wc, sim):
+    from decimal import Decimal
+
+    from gateway.models import Campaign, Coupon, CouponCode, Product
+
+    gw, client, _, _, lin, _ = wc
+    now = gw.clock.now()
+    async with gw.db() as s:
+        p = Product(sku="COAT", name="羊绒大衣", price=Decimal("1299.00"), url="https://shop.example/coat")
+        cp = Coupon(name="满500减100", value=Decimal("100.00"), valid_from=now, valid_to=now + timedelta(days=30))
+        s.add_all([p, cp])
+        await s.flush()
+        s.add(CouponCode(coupon_id=cp.id, code="WELCOME-001"))
+        camp = Campaign(name="开业", kind="coupon", content={"text": "t", "product_id": p.id}, coupon_id=cp.id)
+        s.add(camp)
+        await s.flush()
+        inv = await advisors.create_invite(s, lin, source="poster", campaign_id=camp.id)
+        await s.commit()
+        code = inv.code
+    await scan(gw, client, sim, "wmGift", code)
+    await wait_until(lambda: len(sim.welcomes["wmGift"]) == 1)
+    w = sim.welcomes["wmGift"][0]
+    assert "我是小林" in w["text"]["content"] and "WELCOME-001" in w["text"]["content"]
+    assert w["attachments"][0]["link"]["url"] == "https://shop.example/coat"
+    cid = await customer_of(gw, "wmGift")
+    async with gw.db() as s:
+        issued = (await s.exec(select(CouponCode.customer_id).where(CouponCode.code == "WELCOME-001"))).one()
+        logged = (await s.exec(select(Interaction).where(Interaction.type == "coupon_issued"))).one()
+    assert issued == cid and logged.customer_id == cid
