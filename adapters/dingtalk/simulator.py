@@ -20,14 +20,14 @@ import hmac
 import json
 import secrets
 import string
-import struct
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from adapters.simkit import CallbackCipher, Faults
 
 ROBOT_TOPIC = "/v1.0/im/bot/messages/get"  # sdk: robot messages arrive as CALLBACK frames on this topic
 DEFAULT_AES_KEY = base64.b64encode(b"advisor-gateway-dingtalk-sim-key").decode().rstrip("=")  # 43 chars
@@ -58,45 +58,8 @@ def robot_sign(secret: str, timestamp_ms: int | str) -> str:
     return base64.b64encode(digest).decode()
 
 
-class EventCrypto:
-    """Event-subscription crypto, written independently of dingtalk-sdk so each checks the other.
+EventCrypto = CallbackCipher  # adapters/simkit.py: written from the docs, not from the adapter
 
-    The WeCom scheme: AESKey = b64decode(EncodingAESKey + "="), AES-256-CBC with IV = key[:16], PKCS#7
-    padding to 32-byte blocks, plaintext = random(16) + len(msg) (4 bytes big-endian) + msg + receiveId;
-    signature = sha1 of the sorted concatenation of (token, timestamp, nonce, encrypt)."""
-
-    def __init__(self, token: str, aes_key: str, receive_id: str):
-        self.key = base64.b64decode(aes_key + "=")
-        if len(aes_key) != 43 or len(self.key) != 32:
-            raise ValueError("EncodingAESKey must be 43 characters decoding to 32 bytes")
-        self.token, self.receive_id = token, receive_id
-
-    def _cipher(self) -> Cipher:
-        return Cipher(algorithms.AES(self.key), modes.CBC(self.key[:16]))
-
-    def sign(self, timestamp: str, nonce: str, encrypt: str) -> str:
-        return hashlib.sha1("".join(sorted([self.token, str(timestamp), nonce, encrypt])).encode()).hexdigest()
-
-    def encrypt(self, text: str, random16: bytes | None = None) -> str:
-        msg = text.encode()
-        raw = (random16 or secrets.token_hex(8).encode()) + struct.pack(">I", len(msg)) + msg
-        raw += self.receive_id.encode()
-        pad = 32 - len(raw) % 32
-        raw += bytes([pad]) * pad
-        enc = self._cipher().encryptor()
-        return base64.b64encode(enc.update(raw) + enc.finalize()).decode()
-
-    def decrypt(self, encrypt: str) -> str:
-        dec = self._cipher().decryptor()
-        raw = dec.update(base64.b64decode(encrypt)) + dec.finalize()
-        pad = raw[-1]
-        if not 1 <= pad <= 32:
-            raise ValueError("bad PKCS#7 padding")
-        body = raw[16:-pad]
-        (length,) = struct.unpack(">I", body[:4])
-        if body[4 + length:].decode() != self.receive_id:  # a ReceiveId mismatch must be rejected
-            raise ValueError("ReceiveId mismatch")
-        return body[4:4 + length].decode()
 
 
 def _json_object(text: Any) -> dict | None:
@@ -142,7 +105,7 @@ class DingTalkSimulator:
         self.files: dict[str, tuple[bytes, str]] = {}  # downloadCode -> (bytes, content type)
         # internal state
         self._token, self._token_exp, self._next_task, self._rr = None, 0.0, 256271667526, 0
-        self._faults: list[list] = []  # [remaining, kind, path_prefix]
+        self._faults = Faults(FAULT_KINDS)
         self._windows: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._oto: dict[str, dict] = {}  # processQueryKey -> {"users", "read"}
         self._tasks: dict[int, dict] = {}  # work-notice task_id -> result lists
@@ -174,7 +137,7 @@ class DingTalkSimulator:
         path = request.path
         self.calls[path] += 1
         v1 = path.startswith("/v1.0/")
-        kind = self._take_fault(path)
+        kind = self._faults.take(path)
         if kind == "timeout":
             await request.read()  # buffer the body: the late handler still needs it after the client left
             task = asyncio.ensure_future(self._after_delay(handler, request))
@@ -207,19 +170,8 @@ class DingTalkSimulator:
 
     # ---- fault injection ---------------------------------------------------------------------------
     def fail_next(self, n: int, kind: str, path_prefix: str = "/") -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
-        if n > 0:
-            self._faults.append([n, kind, path_prefix])
-
-    def _take_fault(self, path: str) -> str | None:
-        for fault in self._faults:
-            if path.startswith(fault[2]):
-                fault[0] -= 1
-                if fault[0] <= 0:
-                    self._faults.remove(fault)
-                return fault[1]
-        return None
+        """The next n calls under path_prefix fail this way instead of being handled."""
+        self._faults.add(n, kind, path_prefix)
 
     def _fault(self, kind: str, v1: bool) -> web.Response:
         if kind == "http429":

@@ -28,7 +28,6 @@ import io
 import itertools
 import json
 import secrets
-import struct
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
@@ -37,7 +36,8 @@ from typing import Any
 
 import segno
 from aiohttp import web
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from adapters.simkit import CallbackCipher, Faults, sha1_sign
 
 CN_TZ = timezone(timedelta(hours=8))  # month/day quotas follow the Beijing calendar (unconfirmed)
 FAULT_KINDS = ("http500", "timeout", "errcode-1", "errcode45009", "html")
@@ -84,48 +84,8 @@ class ApiError(Exception):
         self.code, self.extra = code, extra
 
 
-class OACrypto:
-    """消息加解密 (doc 消息加解密技术方案), written independently of wechatpy so each checks the other.
-
-    AESKey = b64decode(EncodingAESKey + "="); AES-256-CBC, IV = key[:16], PKCS#7 padding to 32-byte
-    blocks; plaintext = random(16) + len(msg) (4 bytes big-endian) + msg + AppID;
-    msg_signature = sha1 of the sorted concatenation of (token, timestamp, nonce, encrypt)."""
-
-    def __init__(self, token: str, encoding_aes_key: str, app_id: str):
-        self.key = base64.b64decode(encoding_aes_key + "=")
-        if len(encoding_aes_key) != 43 or len(self.key) != 32:
-            raise ValueError("EncodingAESKey must be 43 characters decoding to 32 bytes")
-        self.token, self.app_id = token, app_id
-
-    def _cipher(self) -> Cipher:
-        return Cipher(algorithms.AES(self.key), modes.CBC(self.key[:16]))
-
-    def sign(self, timestamp: str, nonce: str, encrypt: str) -> str:
-        return sign(self.token, timestamp, nonce, encrypt)
-
-    def encrypt(self, text: str, random16: bytes | None = None) -> str:
-        msg = text.encode()
-        raw = (random16 or secrets.token_hex(8).encode()) + struct.pack(">I", len(msg)) + msg + self.app_id.encode()
-        pad = 32 - len(raw) % 32
-        enc = self._cipher().encryptor()
-        return base64.b64encode(enc.update(raw + bytes([pad]) * pad) + enc.finalize()).decode()
-
-    def decrypt(self, encrypt: str) -> str:
-        dec = self._cipher().decryptor()
-        raw = dec.update(base64.b64decode(encrypt)) + dec.finalize()
-        pad = raw[-1]
-        if not 1 <= pad <= 32:
-            raise ValueError("bad PKCS#7 padding")
-        body = raw[16:-pad]
-        (length,) = struct.unpack(">I", body[:4])
-        if body[4 + length:].decode() != self.app_id:
-            raise ValueError("AppID mismatch")
-        return body[4:4 + length].decode()
-
-
-def sign(*parts: str) -> str:
-    """doc 接入指南: sha1 of the lexically sorted parts joined (token, timestamp, nonce[, encrypt])."""
-    return hashlib.sha1("".join(sorted(str(p) for p in parts)).encode()).hexdigest()
+OACrypto = CallbackCipher  # adapters/simkit.py: written from the docs, not from the adapter
+sign = sha1_sign  # doc 接入指南: sha1 of the sorted parts joined (token, timestamp, nonce[, encrypt])
 
 
 def _nonce() -> str:
@@ -195,7 +155,7 @@ class OfficialAccountSimulator:
         self.tokens_issued = 0
         # internal state
         self._tokens: dict[str, dict] = {}  # token -> {"kind", "expires", "superseded"}; old ones kept
-        self._faults: list[list] = []  # [remaining, kind, path_prefix]
+        self._faults = Faults(FAULT_KINDS)
         self._mass_hits: collections.deque = collections.deque()
         self._clientmsgids: dict[str, tuple[int, float]] = {}
         self._mass_received: collections.Counter = collections.Counter()  # (openid, "YYYY-MM") -> count
@@ -226,7 +186,7 @@ class OfficialAccountSimulator:
     @web.middleware
     async def _middleware(self, request: web.Request, handler):
         self.calls[request.path] += 1
-        kind = self._take_fault(request.path)
+        kind = self._faults.take(request.path)
         if kind == "timeout":
             await request.read()  # buffer the body: the late handler still needs it after the client left
             task = asyncio.ensure_future(self._after_delay(handler, request))
@@ -261,19 +221,7 @@ class OfficialAccountSimulator:
     # ---- fault injection ---------------------------------------------------------------------------
     def fail_next(self, n: int, kind: str, path_prefix: str = "/") -> None:
         """The next n calls under path_prefix fail this way instead of being handled."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
-        if n > 0:
-            self._faults.append([n, kind, path_prefix])
-
-    def _take_fault(self, path: str) -> str | None:
-        for fault in self._faults:
-            if path.startswith(fault[2]):
-                fault[0] -= 1
-                if fault[0] <= 0:
-                    self._faults.remove(fault)
-                return fault[1]
-        return None
+        self._faults.add(n, kind, path_prefix)
 
     def _fault(self, kind: str) -> web.Response:
         if kind == "html":  # the stgw proxy in front of the API answering for it (unconfirmed page text)

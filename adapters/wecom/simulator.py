@@ -23,7 +23,6 @@ import collections
 import hashlib
 import json
 import secrets
-import struct
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
@@ -31,7 +30,8 @@ from functools import partial
 from typing import Any, Literal
 
 from aiohttp import web
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from adapters.simkit import CallbackCipher, Faults
 
 CN_TZ = timezone(timedelta(hours=8))  # Asia/Shanghai has had no DST since 1991
 FAULT_KINDS = ("http500", "timeout", "errcode-1", "errcode45009", "errcode45033", "errcode41096", "html")
@@ -77,45 +77,8 @@ class ApiError(Exception):
         self.code, self.detail, self.extra = code, detail, extra
 
 
-class WeComCrypto:
-    """Callback crypto (doc 90968 / 90930), written independently of wechatpy so each checks the other.
+WeComCrypto = CallbackCipher  # adapters/simkit.py: written from the docs, not from the adapter
 
-    AESKey = b64decode(EncodingAESKey + "="); AES-256-CBC, IV = key[:16], PKCS#7 padding to 32-byte
-    blocks; plaintext = random(16) + len(msg) (4 bytes big-endian) + msg + ReceiveId (the CorpID);
-    msg_signature = sha1 of the sorted concatenation of (token, timestamp, nonce, encrypt)."""
-
-    def __init__(self, token: str, encoding_aes_key: str, receive_id: str):
-        self.key = base64.b64decode(encoding_aes_key + "=")
-        if len(encoding_aes_key) != 43 or len(self.key) != 32:
-            raise ValueError("EncodingAESKey must be 43 characters decoding to 32 bytes")
-        self.token, self.receive_id = token, receive_id
-
-    def _cipher(self) -> Cipher:
-        return Cipher(algorithms.AES(self.key), modes.CBC(self.key[:16]))
-
-    def sign(self, timestamp: str, nonce: str, encrypt: str) -> str:
-        return hashlib.sha1("".join(sorted([self.token, str(timestamp), str(nonce), encrypt])).encode()).hexdigest()
-
-    def encrypt(self, text: str, random16: bytes | None = None) -> str:
-        msg = text.encode()
-        raw = (random16 or secrets.token_hex(8).encode()) + struct.pack(">I", len(msg)) + msg
-        raw += self.receive_id.encode()
-        pad = 32 - len(raw) % 32
-        raw += bytes([pad]) * pad
-        enc = self._cipher().encryptor()
-        return base64.b64encode(enc.update(raw) + enc.finalize()).decode()
-
-    def decrypt(self, encrypt: str) -> str:
-        dec = self._cipher().decryptor()
-        raw = dec.update(base64.b64decode(encrypt)) + dec.finalize()
-        pad = raw[-1]
-        if not 1 <= pad <= 32:
-            raise ValueError("bad PKCS#7 padding")
-        body = raw[16:-pad]
-        (length,) = struct.unpack(">I", body[:4])
-        if body[4 + length:].decode() != self.receive_id:  # rules: a ReceiveId mismatch must be rejected
-            raise ValueError("ReceiveId mismatch")
-        return body[4:4 + length].decode()
 
 
 class RateLimiter:
@@ -199,7 +162,7 @@ class WeComSimulator:
         # internal state
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (scope, expires at); expired ones kept
         self._current: dict[str, str] = {}  # scope -> newest token
-        self._faults: list[list] = []  # [remaining, kind, path_prefix]
+        self._faults = Faults(FAULT_KINDS)
         self._last_sent: dict[tuple[str, str], float] = {}  # (userid, content hash) -> delivered at
         self._welcome_codes: dict[str, dict] = {}
         self._received: collections.Counter = collections.Counter()  # (external_userid, period) -> count
@@ -232,7 +195,7 @@ class WeComSimulator:
     @web.middleware
     async def _middleware(self, request: web.Request, handler):
         self.calls[request.path] += 1
-        kind = self._take_fault(request.path)
+        kind = self._faults.take(request.path)
         if kind == "timeout":
             await request.read()  # buffer the body: the late handler still needs it after the client left
             task = asyncio.ensure_future(self._after_delay(handler, request))
@@ -264,19 +227,7 @@ class WeComSimulator:
     # ---- fault injection ---------------------------------------------------------------------------
     def fail_next(self, n: int, kind: str, path_prefix: str = "/") -> None:
         """The next n calls under path_prefix fail this way instead of being handled."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
-        if n > 0:
-            self._faults.append([n, kind, path_prefix])
-
-    def _take_fault(self, path: str) -> str | None:
-        for fault in self._faults:
-            if path.startswith(fault[2]):
-                fault[0] -= 1
-                if fault[0] <= 0:
-                    self._faults.remove(fault)
-                return fault[1]
-        return None
+        self._faults.add(n, kind, path_prefix)
 
     def _fault(self, request: web.Request, kind: str) -> web.Response:
         if kind == "html":  # a proxy in front of the API answering for it (unconfirmed page text)
