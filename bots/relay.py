@@ -106,6 +106,6 @@ async def clerk_to_customer(ctx: Ctx):
     await ctx.log("message_out", customer_id=customer.id, clerk_id=clerk.id, store_id=clerk.store_id,
                   payload={"channel": target.identity.platform, "account": target.identity.account,
                            "chars": len(out.plain_text)})
-    note = ctx.gw.adapters[target.identity.account].capabilities().extra.get("customer_send_note")
+    note = ctx.gw.adapters[target.identity.account].capabilities().customer_send_note
     await ctx.reply(f"→ 已发送给 {name} #{n}" + (f"\n{note}" if note else ""), suffix="confirm")
     return None

@@ -76,6 +76,9 @@ class Capabilities:
     # Per-customer cap on pushes the platform enforces: (period, limit) with period month | week |
     # day; limit None = as many as the month has days (WeCom's default). Checked before enqueueing.
     push_cap: tuple[str, int | None] | None = None
+    transfers_contacts: bool = False  # contacts belong to members: a handover moves them through the platform
+    notice_fallback: bool = False  # a notice form (template message) may carry a reply the window refuses
+    customer_send_note: str | None = None  # told to the clerk after each reply they send this way
     extra: dict[str, Any] = field(default_factory=dict)
 
 

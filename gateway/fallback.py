@@ -34,7 +34,7 @@ async def reroute(session, gw: Gateway, row, code: str | None, error: str | None
     customer = await session.get(Customer, target.customer_id)
     clerk = await session.get(Clerk, target.clerk_id) if target.clerk_id else None
     via = await _other_channel(session, gw, row, customer, clerk, message)
-    if via is None and row.kind == "reply" and gw.adapters[row.account].capabilities().extra.get("notice_fallback"):
+    if via is None and row.kind == "reply" and gw.adapters[row.account].capabilities().notice_fallback:
         if await gw.outbox.enqueue(session, target, message, idem_key=f"{row.idem_key}:notice", kind="template"):
             via = "服务通知 (template message)"
     if clerk is None or row.kind != "reply":

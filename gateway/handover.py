@@ -55,7 +55,7 @@ async def _member_ids(session, clerk_ids: list[int], account: str) -> dict[int, 
 
 async def _platform_contact(session, gw: Gateway, customer_id: int) -> IdentityRow | None:
     """The customer's identity on an account whose platform holds contacts per member."""
-    accounts = [n for n, a in gw.adapters.items() if a.capabilities().extra.get("transfers_contacts")]
+    accounts = [n for n, a in gw.adapters.items() if a.capabilities().transfers_contacts]
     if not accounts:
         return None
     q = select(IdentityRow).where(IdentityRow.customer_id == customer_id, IdentityRow.account.in_(accounts))

@@ -253,6 +253,7 @@ async def test_linking_an_identity_merges_two_records_with_both_histories_and_on
     b = await brand.login("u-h5", "Fay H5")
     await b.say("H5里的消息")
     await clerk.wait_for(lambda m: "app里的消息" in m["text"])
+    await wait_until(lambda: count(gw, ChatMessage, ChatMessage.text == "H5里的消息"))  # acked before it is stored
     async with gw.db() as s:
         ids = dict((await s.execute(select(IdentityRow.external_id, IdentityRow.customer_id))).all())
     resp = await client.post(f"/api/v1/customers/{ids['u-app']}/identities",

@@ -67,8 +67,8 @@ class WeChatMpAdapter(Adapter):
         cfg = self.config
         cap = (cfg.push_cap or ("month" if cfg.service_account else "day"),
                cfg.push_limit or (4 if cfg.service_account else 1))
-        extra = {**caps.extra, "notice_fallback": bool(cfg.fallback_template and cfg.service_account)}
-        return Capabilities(**{**caps.__dict__, "push_cap": cap, "extra": extra})
+        return Capabilities(**{**caps.__dict__, "push_cap": cap,
+                               "notice_fallback": bool(cfg.fallback_template and cfg.service_account)})
 
     @property
     def media_prefix(self) -> str:
