@@ -150,6 +150,10 @@ class Adapter(ABC):
         """Where a customer adds the invite's clerk as a contact on this platform (pure; None: n/a)."""
         return None
 
+    def connected(self) -> bool:
+        """For /readyz: False while a long-lived connection to the platform is down (stream mode)."""
+        return True
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         pass
 

@@ -7,6 +7,7 @@ what the OpenAPI document is generated from.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from gateway.service import DAYS
 from gateway.tokens import ROLES, Principal, create_token
 
 ALL = ("admin", "marketer", "store_manager")
+log = logging.getLogger("gateway.api")
 
 
 class ApiError(Exception):
@@ -45,8 +47,29 @@ class ApiError(Exception):
 # -- request models (also the OpenAPI schemas) ------------------------------------------------
 
 
+INT64 = 2**63 - 1
+
+
+def _within_int64(v: Any) -> bool:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return -INT64 <= v <= INT64
+    if isinstance(v, list | tuple | set):
+        return all(_within_int64(x) for x in v)
+    if isinstance(v, dict):
+        return all(_within_int64(x) for x in v.values())
+    return True
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def _int64(cls, v: Any) -> Any:
+        """Ids and counts are 64-bit in the database: a larger number is invalid input, not a crash."""
+        if not _within_int64(v):
+            raise ValueError("number out of range")
+        return v
 
 
 _SPAN = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
@@ -145,7 +168,7 @@ class Req:
 
     def param(self, name: str) -> int:
         raw = self.request.match_info[name]
-        if not raw.isdigit():
+        if not raw.isdigit() or int(raw) > INT64:
             raise ApiError(404, "not_found", f"no such {name.removesuffix('_id')}")
         return int(raw)
 
@@ -154,9 +177,12 @@ class Req:
         if raw in (None, ""):
             return default
         try:
-            return int(raw)
+            value = int(raw)
         except ValueError:
             raise ApiError(400, "bad_request", f"{name} must be an integer", name) from None
+        if abs(value) > INT64:
+            raise ApiError(400, "bad_request", f"{name} is out of range", name)
+        return value
 
     def limit(self) -> int:
         return max(1, min(500, self.query_int("limit", 100)))
@@ -227,7 +253,12 @@ def _wrap(r: Route, key: web.AppKey):
                 except ValidationError as e:
                     err = e.errors()[0]
                     raise ApiError(422, "invalid", err["msg"], _loc(err["loc"])) from None
-            result = await r.handler(Req(request, gw, who, body))
+            try:
+                result = await r.handler(Req(request, gw, who, body))
+            except IntegrityError:  # a check a handler missed: the database's constraint still holds
+                log.warning("integrity error on %s %s", request.method, request.path, exc_info=True)
+                raise ApiError(409, "conflict", "conflicts with existing data or refers to something that does not exist"
+                               ) from None
         except ApiError as e:
             if who is not None:
                 await _audit(gw, r, request, who, e.status)
@@ -315,6 +346,13 @@ async def token_revoke(q: Req):
         await s.commit()
     q.gw.forget_tokens()
     return {"id": row.id, "revoked_at": row.revoked_at.isoformat()}
+
+
+@route("GET", "/me", roles=ROLES)
+async def me(q: Req):
+    """Who this token is: role, store or clerk scope, name."""
+    return {"token_id": q.who.token_id, "role": q.who.role, "store_id": q.who.store_id, "clerk_id": q.who.clerk_id,
+            "name": q.who.name}
 
 
 # -- stores -------------------------------------------------------------------------------------------

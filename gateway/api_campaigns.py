@@ -152,6 +152,19 @@ async def coupon_create(q: Req):
         return {**_dump(c, q.gw.tz), "codes": len(codes)}
 
 
+@route("GET", "/coupons", roles=ALL)
+async def coupon_list(q: Req):
+    """Coupons with their pools (codes, issued, redeemed)."""
+    pool = (select(CouponCode.coupon_id, func.count().label("codes"), func.count(CouponCode.customer_id).label("issued"),
+                   func.count(CouponCode.redeemed_at).label("redeemed")).group_by(CouponCode.coupon_id).subquery())
+    stmt = (select(Coupon, pool.c.codes, pool.c.issued, pool.c.redeemed).outerjoin(pool, pool.c.coupon_id == Coupon.id)
+            .where(Coupon.id > q.query_int("after", 0)).order_by(Coupon.id).limit(q.limit()))
+    async with q.gw.db() as s:
+        rows = (await s.execute(stmt)).all()
+    return _page([{**_dump(c, q.gw.tz), "codes": n or 0, "issued": i or 0, "redeemed": r or 0} for c, n, i, r in rows],
+                 q.limit())
+
+
 @route("GET", "/coupons/{coupon_id}", roles=ALL)
 async def coupon_get(q: Req):
     """A coupon with its pool: codes, issued, redeemed."""
@@ -184,9 +197,9 @@ async def campaign_create(q: Req):
     """Define a campaign (a draft until scheduled)."""
     b = q.body
     async with q.gw.db() as s:
-        if b.content.product_id and await s.get(Product, b.content.product_id) is None:
+        if b.content.product_id is not None and await s.get(Product, b.content.product_id) is None:
             raise ApiError(422, "invalid", "no such product", "content.product_id")
-        if b.coupon_id and await s.get(Coupon, b.coupon_id) is None:
+        if b.coupon_id is not None and await s.get(Coupon, b.coupon_id) is None:
             raise ApiError(422, "invalid", "no such coupon", "coupon_id")
         ids = set(b.audience.stores or []) | ({b.audience.near.store_id} if b.audience.near else set())
         if ids:

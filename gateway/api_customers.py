@@ -44,7 +44,7 @@ async def customer_list(q: Req):
         stmt = stmt.join(Binding, (Binding.customer_id == Customer.id) & Binding.valid_to.is_(None)).where(
             Binding.clerk_id == clerk_id)
     if q.request.query.get("q"):
-        stmt = stmt.where(Customer.name.contains(q.request.query["q"]))
+        stmt = stmt.where(Customer.name.contains(q.request.query["q"], autoescape=True))
     async with q.gw.db() as s:
         rows = (await s.exec(stmt)).all()
     return _page([_dump(r, q.gw.tz) for r in rows], q.limit())
@@ -166,7 +166,8 @@ async def audit_list(q: Req):
 
 @route("POST", "/customers/{customer_id}/transfer", roles=("admin", "store_manager"), body=TransferIn)
 async def customer_transfer(q: Req):
-    """Give a customer another advisor (through the platform when it holds the contact)."""
+    """Give a customer another advisor (through the platform when it holds the contact), or assign a
+    customer who has none (the unassigned queue)."""
     async with q.gw.db() as s:
         c = await s.get(Customer, q.param("customer_id"))
         if c is None:
@@ -177,8 +178,15 @@ async def customer_transfer(q: Req):
             raise ApiError(422, "invalid", "no such active clerk", "clerk_id")
         q.scoped_store(to.store_id)
         current = await advisors.open_binding(s, c.id)
-        if current is None:
-            raise ApiError(409, "conflict", "the customer has no advisor to transfer from; bind them instead")
+        if current is None:  # waiting in the unassigned queue (or never bound): assign
+            now = q.gw.clock.now()
+            new = await advisors.open_new_binding(s, c, to, now, "assigned")
+            await log_interaction(s, "bound", occurred_at=now, customer_id=c.id, clerk_id=to.id, store_id=to.store_id,
+                                  payload={"source": "assigned"})
+            await handover.introduce(s, q.gw, c, to, new)
+            await s.commit()
+            q.gw.outbox.kick()
+            return {"customer_id": c.id, "status": "assigned"}
         if current[1].id == to.id:
             raise ApiError(409, "conflict", "already this clerk's customer")
         outcome = await handover.hand_one(s, q.gw, current[0], c, current[1], to, now=q.gw.clock.now(),
@@ -186,3 +194,17 @@ async def customer_transfer(q: Req):
         await s.commit()
     q.gw.outbox.kick()
     return {"customer_id": c.id, "status": outcome}
+
+
+@route("GET", "/queue", roles=ALL)
+async def queue_list(q: Req):
+    """Customers waiting for an advisor (?store_id=; a store manager sees their store's), oldest first."""
+    stmt = (select(QueueEntry, Customer.name).join(Customer, Customer.id == QueueEntry.customer_id)
+            .where(QueueEntry.resolved_at.is_(None), QueueEntry.id > q.query_int("after", 0))
+            .order_by(QueueEntry.id).limit(q.limit()))
+    store_id = q.who.store_id if q.who.role == "store_manager" else q.query_int("store_id")
+    if store_id is not None:
+        stmt = stmt.where(QueueEntry.store_id == store_id)
+    async with q.gw.db() as s:
+        rows = (await s.execute(stmt)).all()
+    return _page([{**_dump(e, q.gw.tz), "customer_name": name} for e, name in rows], q.limit())

@@ -124,6 +124,21 @@ def _period(q: Req) -> tuple[datetime, datetime]:
     return parse("from", now - timedelta(days=30)), parse("to", now)
 
 
+@route("GET", "/reports/series", roles=ALL)
+async def report_series(q: Req):
+    """GMV and commission per day, ?by=clerk|store over ?from=&to= (a store manager: their store)."""
+    by = q.request.query.get("by", "clerk")
+    if by not in ("clerk", "store"):
+        raise ApiError(400, "bad_request", "by must be clerk or store", "by")
+    frm, to = _period(q)
+    if to <= frm:
+        raise ApiError(400, "bad_request", "from must be before to", "from")
+    store = q.who.store_id if q.who.role == "store_manager" else None
+    async with q.gw.db() as s:
+        out = await reports.series(s, frm, to, by, q.gw.tz, store)
+    return {"from": frm.astimezone(q.gw.tz).isoformat(), "to": to.astimezone(q.gw.tz).isoformat(), **out}
+
+
 @route("GET", "/reports/{kind}", roles=ALL)
 async def report(q: Req):
     """clerks | stores | campaigns | funnel over ?from=&to= (default the last 30 days), ?format=json|csv."""

@@ -10,7 +10,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlmodel import select
 
-from gateway import api
+from gateway import api, logs
 from gateway.ingress import error_response
 from gateway.models import Invite
 from gateway.runtime import Gateway
@@ -51,8 +51,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: started, the database answers, every platform connection is up. Whether
+    this instance leads the scheduler is reported, not required: followers serve traffic too."""
     gw = request.app[GATEWAY]
-    checks = {"started": gw.started}
+    checks: dict = {"started": gw.started}
     try:
         async with gw.db() as s:
             await s.execute(text("SELECT 1"))
@@ -60,8 +62,18 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as e:  # noqa: BLE001 - readiness reports, it does not raise
         checks["database"] = False
         checks["database_error"] = type(e).__name__
-    ok = checks["started"] and checks["database"]
-    return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks}, status=200 if ok else 503)
+    checks["adapters"] = {name: a.connected() for name, a in gw.adapters.items()}
+    checks["scheduler"] = "leader" if gw.leadership.is_leader else "standby"
+    ok = checks["started"] and checks["database"] and all(checks["adapters"].values())
+    return web.json_response({"status": "ready" if ok else "not_ready", "instance": gw.instance_id, "checks": checks},
+                             status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from gateway.metrics import CONTENT_TYPE
+
+    body = await request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _invite(request: web.Request) -> Invite:
@@ -132,7 +144,8 @@ def _redirect(to: str):
 
 
 def create_app(gw: Gateway, *, manage_lifecycle: bool = True) -> web.Application:
-    app = web.Application(client_max_size=gw.max_body, middlewares=[json_errors])
+    observe = logs.middleware(lambda request: request.app[GATEWAY].metrics, gw.config.server.access_log)
+    app = web.Application(client_max_size=gw.max_body, middlewares=[observe, json_errors])
     app[GATEWAY] = gw
     for adapter in gw.adapters.values():
         for r in adapter.routes():
@@ -141,11 +154,13 @@ def create_app(gw: Gateway, *, manage_lifecycle: bool = True) -> web.Application
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/t/{token}", tracked_link)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/i/{code}", invite_landing)
     app.router.add_get(r"/i/{code}/qr.{kind:png|svg}", invite_qr)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/console/", console)
     app.router.add_get("/console", _redirect("/console/"))
+    app.router.add_static("/console/assets/", STATIC / "console", append_version=False)
     app.router.add_get("/", _redirect("/console/"))
     api.setup(app, GATEWAY)
 

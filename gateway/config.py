@@ -41,6 +41,9 @@ class ServerConfig(_Section):
     max_body: int = Field(1024 * 1024, ge=1024)
     shutdown_grace: float = Field(10.0, ge=0)
     first_run_seed: bool = True
+    log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, JSON lines otherwise
+    access_log: bool = True  # one line per HTTP request (method, path, status, ms, request id)
+    fanout: Literal["auto", "local", "postgres"] = "auto"  # live messages across instances (auto: on PostgreSQL)
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -1,13 +1,17 @@
-"""Fan-out of live messages to connected WebSocket clients of this process.
+"""Fan-out of live messages to connected WebSocket clients.
 
-Keyed by (account, external_id). Multi-instance delivery replaces this with a pub/sub backed hub
-exposing the same two methods.
+Keyed by (account, external_id). `Hub` serves the connections of this process; `PgHub` also
+carries each message to the other instances sharing the PostgreSQL database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections import defaultdict
+
+log = logging.getLogger("gateway.hub")
 
 
 class Hub:
@@ -41,3 +45,91 @@ class Hub:
 
     def connected(self, account: str, external_id: str) -> bool:
         return bool(self._subs.get((account, external_id)))
+
+
+class PgHub(Hub):
+    """Several instances on one PostgreSQL: a message published on one reaches live connections
+    on every other through LISTEN/NOTIFY. One connection per instance listens and notifies, so an
+    instance's notifications arrive in the order it published them. A payload over NOTIFY's 8 kB
+    limit travels in parts and is put together again on arrival.
+
+    `publish` counts local deliveries only: a page on another instance cannot confirm receipt,
+    so such a message reads "sent", and that page also finds it in the history."""
+
+    CHANNEL = "gw_hub"
+    PART = 1800  # characters: at most 7,200 bytes of UTF-8 with the header
+
+    def __init__(self, dsn: str, origin: str, queue_size: int = 256):
+        super().__init__(queue_size)
+        self.dsn, self.origin = dsn, origin
+        self._outbox: asyncio.Queue[str] = asyncio.Queue(10_000)
+        self._parts: dict[tuple[str, int], list[str]] = {}
+        self._seq = 0
+        self._task: asyncio.Task | None = None
+        self.connected_event = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="hub-notify")
+        await asyncio.wait_for(self.connected_event.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def publish(self, account: str, external_id: str, payload: dict) -> int:
+        n = super().publish(account, external_id, payload)
+        body = json.dumps([account, external_id, payload], ensure_ascii=False, separators=(",", ":"))
+        self._seq += 1
+        parts = [body[i:i + self.PART] for i in range(0, len(body), self.PART)] or [""]
+        try:
+            for i, part in enumerate(parts):
+                self._outbox.put_nowait(f"{self.origin} {self._seq} {i} {len(parts)}\n{part}")
+        except asyncio.QueueFull:  # the database is away for long: pages catch up from history
+            log.warning("hub: notify queue full, live fan-out to other instances skipped")
+        return n
+
+    def _received(self, _conn, _pid, _channel, data: str) -> None:
+        head, _, part = data.partition("\n")
+        origin, seq, i, count = head.split(" ")
+        if origin == self.origin:
+            return
+        key = (origin, int(seq))
+        if key not in self._parts and len(self._parts) > 1000:  # parts of messages cut off by a reconnect
+            self._parts.clear()
+        parts = self._parts.setdefault(key, [])
+        parts.append(part)
+        if len(parts) < int(count):
+            return
+        del self._parts[key]
+        try:
+            account, external_id, payload = json.loads("".join(parts))
+        except ValueError:
+            log.warning("hub: dropped an unreadable notification from %s", origin)
+            return
+        super().publish(account, external_id, payload)
+
+    async def _run(self) -> None:
+        import asyncpg
+
+        backoff = 0.5
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=10)
+                await conn.add_listener(self.CHANNEL, self._received)
+                self.connected_event.set()
+                backoff = 0.5
+                while True:
+                    item = await self._outbox.get()
+                    await conn.execute("SELECT pg_notify($1, $2)", self.CHANNEL, item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - reconnect; pages catch up from history meanwhile
+                log.warning("hub: PostgreSQL notify connection lost (%s); reconnecting", e)
+                self._parts.clear()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+            finally:
+                if conn is not None:
+                    await conn.close(timeout=2)

@@ -64,10 +64,13 @@ class Ingress:
             raw = await adapter.verify(request)
             events = adapter.parse(raw)
         except Unauthorized as e:
+            self.gw.metrics.inbound.labels(adapter.platform, "unauthorized").inc()
             return error_response(401, "unauthorized", str(e) or "bad signature or token")
         except BadRequest as e:
+            self.gw.metrics.inbound.labels(adapter.platform, "malformed" if e.status == 400 else str(e.status)).inc()
             return error_response(e.status, e.code, str(e), e.field)
         except web.HTTPRequestEntityTooLarge:
+            self.gw.metrics.inbound.labels(adapter.platform, "too_large").inc()
             return error_response(413, "too_large", f"body over {self.gw.config.server.max_body} bytes")
         duplicate, results = await self.accept(adapter, events)
         return adapter.ack(raw, results, duplicate)
@@ -87,7 +90,9 @@ class Ingress:
         claim_id = await (self.claim(adapter, key, events) if inline else self._claims.submit((adapter, key, events)))
         if claim_id is None:
             self.duplicates += 1
+            self.gw.metrics.inbound.labels(adapter.platform, "duplicate").inc()
             return True, []
+        self.gw.metrics.inbound.labels(adapter.platform, "accepted").inc()
         if inline:
             return False, (await self.process(claim_id, key, events)) or []
         self._enqueue(claim_id, key, events)

@@ -377,9 +377,15 @@ class OutboxWorker:
         self.failed += 1
         return status
 
+    def limiters(self) -> dict[str, TokenBucket]:
+        return dict(self._limiters)
+
     async def _run_one(self, row) -> None:
         try:
-            await self.deliver(row)
+            result = await self.deliver(row)
+            adapter = self.gw.adapters.get(row.account)
+            self.gw.metrics.sends.labels(adapter.platform if adapter else row.account,
+                                         "retry" if result == "pending" else result).inc()
         except asyncio.CancelledError:
             raise
         except Exception:  # the DB write failed: the lease will expire and the row is retried

@@ -5,7 +5,6 @@ interaction counts, what the ledger is built from — stays so totals do not cha
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from datetime import datetime
 
@@ -38,17 +37,6 @@ _PHONE = re.compile(r"(?<![\d+])((?:\+?86)?1[3-9]\d)\d{4}(\d{4})(?!\d)")
 def mask_phones(text: str) -> str:
     """138****1234: mainland mobile numbers in logs and views that do not need them."""
     return _PHONE.sub(r"\1****\2", text)
-
-
-class MaskPhones(logging.Filter):
-    """Phone numbers never reach the logs whole, whatever a message or an error carries."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        masked = mask_phones(msg)
-        if masked != msg:
-            record.msg, record.args = masked, None
-        return True
 
 
 def erased_id(platform: str, account: str, external_id: str) -> str:

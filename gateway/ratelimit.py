@@ -15,6 +15,7 @@ class TokenBucket:
         self._last = monotonic()
         self._lock = asyncio.Lock()
         self.waited = 0.0  # total seconds spent waiting, for metrics
+        self.waits = 0
 
     def _refill(self) -> None:
         now = self._monotonic()
@@ -27,6 +28,7 @@ class TokenBucket:
             if self._tokens < 1:
                 wait = (1 - self._tokens) / self.rate
                 self.waited += wait
+                self.waits += 1
                 await asyncio.sleep(wait)
                 self._refill()
             self._tokens -= 1

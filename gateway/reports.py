@@ -235,6 +235,64 @@ async def build(gw: Gateway, kind: str, frm: datetime, to: datetime, store_id: i
         return await funnel(s, frm, to)
 
 
+def _day(session, column, tz):
+    """The local calendar day of a stored UTC time, as 'YYYY-MM-DD', computed by the database."""
+    if session.bind.dialect.name == "postgresql":
+        return func.to_char(func.timezone(str(tz), column), "YYYY-MM-DD")
+    # SQLite has no zone database: shift by the zone's current offset (exact for zones without DST,
+    # such as the default Asia/Shanghai).
+    offset = int(datetime.now(tz).utcoffset().total_seconds())
+    return func.strftime("%Y-%m-%d", column, f"{offset:+d} seconds")
+
+
+async def series(session, frm: datetime, to: datetime, by: str, tz, store_id: int | None = None) -> dict:
+    """GMV (orders placed less refunds made) and commission (ledger lines) per day and per clerk or
+    store, for charts over time. Days without figures are zero."""
+    okey, rkey, lkey, names = ((Order.clerk_id, Order.clerk_id, LedgerEntry.clerk_id, Clerk) if by == "clerk" else
+                               (Order.attributed_store_id, Order.attributed_store_id, LedgerEntry.store_id, Store))
+    day = _day(session, Order.placed_at, tz)
+    where = [Order.placed_at >= frm, Order.placed_at < to, okey.is_not(None)]
+    if store_id is not None:
+        where.append(Order.attributed_store_id == store_id)
+    cells: dict[tuple[int, str], list[Decimal]] = {}
+
+    def add(k, d, i, v):
+        cells.setdefault((k, d), [Decimal(0), Decimal(0)])[i] += Decimal(v or 0)
+
+    for k, d, v in (await session.execute(select(okey, day, func.sum(Order.amount)).where(*where)
+                                          .group_by(okey, day))).all():
+        add(k, d, 0, v)
+    rday = _day(session, Refund.refunded_at, tz)
+    rwhere = [Refund.refunded_at >= frm, Refund.refunded_at < to, rkey.is_not(None)]
+    if store_id is not None:
+        rwhere.append(Order.attributed_store_id == store_id)
+    for k, d, v in (await session.execute(select(rkey, rday, func.sum(Refund.amount)).join(Order, Order.id == Refund.order_pk)
+                                          .where(*rwhere).group_by(rkey, rday))).all():
+        add(k, d, 0, -Decimal(v or 0))
+    lday = _day(session, LedgerEntry.created_at, tz)
+    lwhere = [LedgerEntry.created_at >= frm, LedgerEntry.created_at < to, lkey.is_not(None)]
+    if store_id is not None:
+        lwhere.append(LedgerEntry.store_id == store_id)
+    for k, d, v in (await session.execute(select(lkey, lday, func.sum(LedgerEntry.amount)).where(*lwhere)
+                                          .group_by(lkey, lday))).all():
+        add(k, d, 1, v)
+    days, d = [], frm.astimezone(tz).date()
+    while d <= (to - timedelta(microseconds=1)).astimezone(tz).date() and len(days) < 400:
+        days.append(d.isoformat())
+        d += timedelta(days=1)
+    keys = sorted({k for k, _ in cells})
+    label = {}
+    if keys:
+        rows = (await session.execute(select(names).where(names.id.in_(keys)))).scalars().all()
+        label = {r.id: getattr(r, "display_name", None) or r.name for r in rows}
+    out = []
+    for k in keys:
+        gmv = [_money(cells.get((k, day_), (0, 0))[0]) for day_ in days]
+        com = [_money(cells.get((k, day_), (0, 0))[1]) for day_ in days]
+        out.append({"id": k, "name": label.get(k, str(k)), "gmv": gmv, "commission": com})
+    return {"by": by, "days": days, "series": out}
+
+
 def to_csv(rows) -> str:
     rows = rows if isinstance(rows, list) else [rows]
     if not rows:

@@ -20,8 +20,10 @@ from gateway.adapter import Adapter, adapter_class
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.db import make_engine, session_factory
-from gateway.hub import Hub
+from gateway.hub import Hub, PgHub
 from gateway.ingress import Ingress
+from gateway.leader import Leadership
+from gateway.metrics import Metrics
 from gateway.middleware import MIDDLEWARES
 from gateway.model import Identity
 from gateway.models import (
@@ -55,7 +57,12 @@ class Gateway:
                                             pool_size=config.database.pool_size)
         self._owns_engine = engine is None
         self.db = session_factory(self.engine)
-        self._hub = Hub()
+        postgres = self.engine.dialect.name == "postgresql"
+        if config.server.fanout == "postgres" or (config.server.fanout == "auto" and postgres):
+            self._hub: Hub = PgHub(self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                                   self.instance_id)
+        else:
+            self._hub = Hub()
         self.adapters: dict[str, Adapter] = {}
         for acc in config.accounts:
             cls = adapter_class(acc.platform)
@@ -67,6 +74,8 @@ class Gateway:
         self.outbox.on_failed["transfer"] = lambda s, row, error: handover.transfer_not_sent(s, self, row, error)
         self.outbox.on_unreachable = lambda s, row, code, error: fallback.reroute(s, self, row, code, error)
         self._tokens: dict[str, tuple[float, Principal | None]] = {}
+        self.leadership = Leadership(self.engine)
+        self.metrics = Metrics(self)
         self.started = False
         self._sla: asyncio.Task | None = None
         self._scheduler: asyncio.Task | None = None
@@ -82,6 +91,8 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, *, workers: bool = True) -> None:
+        if isinstance(self._hub, PgHub):
+            await self._hub.start()
         for adapter in self.adapters.values():
             await adapter.start()
         if workers:
@@ -115,10 +126,13 @@ class Gateway:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self.leadership.release()
         await self.ingress.stop(grace)
         await self.outbox.stop(grace)
         for adapter in self.adapters.values():
             await adapter.stop()
+        if isinstance(self._hub, PgHub):
+            await self._hub.stop()
         if self._owns_engine:
             await self.engine.dispose()
         self.started = False

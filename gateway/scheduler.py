@@ -89,6 +89,7 @@ async def tick(gw: Gateway) -> list[int]:
             else:
                 skipped += 1
             if skipped:
+                gw.metrics.scheduler_runs.labels("skipped").inc(skipped)
                 log.warning("campaign %s: %d missed fire time(s) skipped (gateway was down)", c.id, skipped)
                 c.skipped_runs += skipped
             nxt = _after(t, fire)
@@ -96,6 +97,7 @@ async def tick(gw: Gateway) -> list[int]:
             if nxt is None:
                 c.status = "done"
         await s.commit()
+    gw.metrics.scheduler_runs.labels("made").inc(len(made))
     return made
 
 
@@ -121,6 +123,7 @@ async def run_pending(gw: Gateway, worker: str) -> int:
     n = 0
     while (run_id := await claim_run(gw, worker)) is not None:
         await campaigns.materialize(gw, run_id)
+        gw.metrics.scheduler_runs.labels("materialized").inc()
         n += 1
     return n
 
@@ -129,9 +132,10 @@ async def loop(gw: Gateway, every: float) -> None:
     worker = f"{gw.instance_id}:scheduler"
     while True:
         try:
-            await tick(gw)
-            await run_pending(gw, worker)
-            await campaigns.finish_dispatched(gw)
+            if await gw.leadership.check():  # one leader among instances; the rest stand by
+                await tick(gw)
+                await run_pending(gw, worker)
+                await campaigns.finish_dispatched(gw)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the next tick tries again; runs resume after their cursor

@@ -30,7 +30,8 @@ async def run(cfg: Config) -> None:
     gw = Gateway(cfg)
     app = create_app(gw, manage_lifecycle=False)
     await gw.start()
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace)
+    # access_log=None: our middleware logs each request with its request id (gateway/logs.py)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
     await site.start()
@@ -51,6 +52,9 @@ async def run(cfg: Config) -> None:
 
 
 def serve(cfg: Config) -> int:
+    from gateway import logs
+
+    logs.setup(cfg.server.log_format)
     sys.setswitchinterval(SWITCH_INTERVAL)
     asyncio.run(run(cfg))
     return 0

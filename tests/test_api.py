@@ -155,3 +155,58 @@ async def test_openapi_describes_every_admin_route(client):
         assert r.method.lower() in doc["paths"]["/api/v1" + r.path]
     body = doc["paths"]["/api/v1/clerks"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(doc["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]["required"]) >= {"name", "display_name", "store_id"}
+
+
+async def test_me_queue_and_assigning_a_waiting_customer(client, gw, world):
+    from sqlmodel import select
+
+    from gateway.models import Binding, Customer, Identity, Interaction, Outbox, QueueEntry
+
+    h = auth(world.admin_token)
+    me = await (await client.get("/api/v1/me", headers=h)).json()
+    assert me["role"] == "admin" and me["token_id"]
+    assert (await (await client.get("/api/v1/me", headers=auth(world.clerk_token))).json())["role"] == "clerk"
+    now = gw.clock.now()
+    async with gw.db() as s:
+        c = Customer(name="等待的顾客", store_id=world.store_id, created_at=now)
+        s.add(c)
+        await s.flush()
+        s.add(Identity(customer_id=c.id, platform="webchat", account="webchat", external_id="u-wait", profile={}))
+        s.add(QueueEntry(customer_id=c.id, store_id=world.store_id, reason="no_invite", created_at=now))
+        await s.commit()
+        cid = c.id
+    queue = await (await client.get("/api/v1/queue", headers=h)).json()
+    assert [(x["customer_id"], x["customer_name"], x["reason"]) for x in queue["items"]] == [(cid, "等待的顾客", "no_invite")]
+    resp = await client.post(f"/api/v1/customers/{cid}/transfer", json={"clerk_id": world.clerk2_id}, headers=h)
+    assert resp.status == 200 and (await resp.json())["status"] == "assigned"
+    assert (await (await client.get("/api/v1/queue", headers=h)).json())["items"] == []
+    async with gw.db() as s:
+        open_ = (await s.exec(select(Binding).where(Binding.customer_id == cid, Binding.valid_to.is_(None)))).all()
+        assert [(b.clerk_id, b.source) for b in open_] == [(world.clerk2_id, "assigned")]
+        assert (await s.exec(select(Interaction).where(Interaction.customer_id == cid, Interaction.type == "bound"))).one()
+        intro = (await s.exec(select(Outbox).where(Outbox.customer_id == cid, Outbox.kind == "intro"))).all()
+        assert len(intro) == 1  # the new advisor says hello
+    again = await client.post(f"/api/v1/customers/{cid}/transfer", json={"clerk_id": world.clerk2_id}, headers=h)
+    assert again.status == 409
+
+
+async def test_coupon_list_counts_the_pool(client, world):
+    h = auth(world.admin_token)
+    body = {"name": "满300减30", "value": "30.00", "valid_from": "2026-11-01T00:00:00+08:00",
+            "valid_to": "2026-12-31T23:59:59+08:00", "codes": ["AAA1", "AAA2", "AAA3"]}
+    made = await (await client.post("/api/v1/coupons", json=body, headers=h)).json()
+    listed = await (await client.get("/api/v1/coupons", headers=h)).json()
+    assert [(x["id"], x["codes"], x["issued"], x["redeemed"]) for x in listed["items"]] == [(made["id"], 3, 0, 0)]
+
+
+async def test_customer_search_treats_wildcards_literally(client, gw, world):
+    from gateway.models import Customer
+
+    async with gw.db() as s:
+        s.add_all([Customer(name="100%满意", store_id=world.store_id, created_at=gw.clock.now()),
+                   Customer(name="普通顾客", store_id=world.store_id, created_at=gw.clock.now())])
+        await s.commit()
+    h = auth(world.admin_token)
+    found = await (await client.get("/api/v1/customers", params={"q": "%"}, headers=h)).json()
+    assert [x["name"] for x in found["items"]] == ["100%满意"]
+    assert (await (await client.get("/api/v1/customers", params={"q": "_"}, headers=h)).json())["items"] == []

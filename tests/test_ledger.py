@@ -175,6 +175,21 @@ async def test_orders_are_credited_to_the_advisor_at_placed_at_and_the_ledger_re
     assert rebuilt["missing"] == [] and rebuilt["differ"] == [] and rebuilt["extra"] == []
     assert rebuilt["total"] == "76.92"
 
+    # Over time, for the dashboards: GMV by the day it was placed (refunds on theirs), commission by ledger day.
+    frm = (now - timedelta(days=30)).astimezone(gw.tz).date().isoformat()
+    ser = await (await client.get(f"/api/v1/reports/series?by=clerk&from={frm}", headers=headers)).json()
+    assert len(ser["days"]) == 31 and ser["days"][0] == frm
+    by_clerk = {x["id"]: x for x in ser["series"]}
+    day = lambda t: ser["days"].index(t.astimezone(gw.tz).date().isoformat())  # noqa: E731
+    a, b = by_clerk[world.clerk_id], by_clerk[world.clerk2_id]
+    assert a["gmv"][day(now - timedelta(days=20))] == "399.00"
+    assert b["gmv"][day(now - timedelta(days=1))] == "1299.00" and b["gmv"][day(now)] == "-100.00"
+    assert sum(Decimal(x) for x in a["commission"]) + sum(Decimal(x) for x in b["commission"]) == Decimal("76.92")
+    assert sum(Decimal(x) for x in a["gmv"]) == Decimal("399.00")  # POS-1 is before the period and unattributed
+    stores = await (await client.get(f"/api/v1/reports/series?by=store&from={frm}", headers=headers)).json()
+    assert [x["id"] for x in stores["series"]] == [world.store_id]
+    assert (await client.get("/api/v1/reports/series?by=planet", headers=headers)).status == 400
+
 
 async def test_order_intake_is_off_without_a_secret_and_validates(client, gw, world):
     gw.config.orders.webhook_secret = None

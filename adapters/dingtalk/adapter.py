@@ -53,6 +53,9 @@ class DingTalkAdapter(Adapter):
     def routes(self) -> list[RouteDef]:
         return [RouteDef("GET", f"/media/{self.account}/{{code}}", self._media)]
 
+    def connected(self) -> bool:
+        return self.stream is None or self.stream.connected
+
     async def start(self) -> None:
         await self.api.start()
         if self.stream:
