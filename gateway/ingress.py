@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import traceback
+import zlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -51,10 +52,12 @@ class Ingress:
         self.gw = gw
         self._replayer: asyncio.Task | None = None
         self._claims = Batcher(self._insert_claims, name="ingress-claims")
-        self._work: asyncio.Queue = asyncio.Queue()
         self._workers: list[asyncio.Task] = []
         cfg = gw.config.ingress
         self.n_workers = cfg.workers or (1 if gw.config.database.is_sqlite else 4)  # SQLite has one writer
+        # One queue per worker, chosen by sender: a peer's events are applied in order by one worker,
+        # and workers never contend for the same customer's rows (which deadlocked on PostgreSQL).
+        self._work: list[asyncio.Queue] = [asyncio.Queue() for _ in range(self.n_workers)]
         self.batch = cfg.batch
         self.processed = 0
         self.duplicates = 0
@@ -118,20 +121,27 @@ class Ingress:
         return out
 
     def _enqueue(self, claim_id: int, key: str, events: list[Event]) -> None:
-        self._work.put_nowait((claim_id, key, events))
+        s = events[0].sender
+        lane = zlib.crc32(f"{s.platform}|{s.account}|{s.external_id}".encode()) % self.n_workers
+        self._work[lane].put_nowait((claim_id, key, events))
         if not self._workers:
-            self._workers = [asyncio.create_task(self._work_loop(), name=f"ingress-{i}") for i in range(self.n_workers)]
+            self._workers = [asyncio.create_task(self._work_loop(q), name=f"ingress-{i}") for i, q in enumerate(self._work)]
 
-    async def _work_loop(self) -> None:
+    @property
+    def backlog(self) -> int:
+        """Acked claims waiting to be applied."""
+        return sum(q.qsize() for q in self._work)
+
+    async def _work_loop(self, work: asyncio.Queue) -> None:
         """A bounded pool: acked claims are processed in batches, one transaction per batch."""
         while True:
-            batch = [await self._work.get()]
-            while len(batch) < self.batch and not self._work.empty():
-                batch.append(self._work.get_nowait())
+            batch = [await work.get()]
+            while len(batch) < self.batch and not work.empty():
+                batch.append(work.get_nowait())
             try:
                 await self.process_batch(batch)
             except Exception:  # one bad event must not block the others: retry them one by one
-                log.warning("batch of %d claims failed; processing them one at a time", len(batch))
+                log.warning("batch of %d claims failed; processing them one at a time", len(batch), exc_info=True)
                 for item in batch:
                     try:
                         await self.process(*item)
@@ -139,7 +149,7 @@ class Ingress:
                         pass
             finally:
                 for _ in batch:
-                    self._work.task_done()
+                    work.task_done()
 
     async def claim(self, adapter: Adapter, key: str, events: list[Event]) -> int | None:
         """Claim one input now (bypassing the group commit); None if it was claimed before."""
@@ -275,9 +285,9 @@ class Ingress:
         await self._claims.close()
         # Drain: let acked claims be processed; whatever is cut off stays pending and is replayed.
         try:
-            await asyncio.wait_for(self._work.join(), grace)
+            await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._work)), grace)
         except TimeoutError:
-            log.warning("%d acked claims left for replay at the next start", self._work.qsize())
+            log.warning("%d acked claims left for replay at the next start", self.backlog)
         for t in self._workers:
             t.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
