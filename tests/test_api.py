@@ -210,3 +210,56 @@ async def test_customer_search_treats_wildcards_literally(client, gw, world):
     found = await (await client.get("/api/v1/customers", params={"q": "%"}, headers=h)).json()
     assert [x["name"] for x in found["items"]] == ["100%满意"]
     assert (await (await client.get("/api/v1/customers", params={"q": "_"}, headers=h)).json())["items"] == []
+
+
+async def test_every_route_refuses_roles_it_does_not_list(client, gw, world):
+    """The route table is the policy: each role outside a route's list gets 403 before anything runs."""
+    import re
+
+    from gateway.api import ROUTES
+    from gateway.tokens import create_token
+
+    async with gw.db() as s:
+        tokens = {"clerk": world.clerk_token, "admin": world.admin_token}
+        _, tokens["marketer"] = await create_token(s, "marketer")
+        _, tokens["store_manager"] = await create_token(s, "store_manager", store_id=world.store_id)
+        await s.commit()
+    checked = 0
+    for r in ROUTES:
+        if r.auth != "bearer":
+            continue
+        path = "/api/v1" + re.sub(r"{\w+}", "1", r.path)
+        for role, token in tokens.items():
+            if role in r.roles:
+                continue
+            resp = await client.request(r.method, path, json={}, headers=auth(token))
+            assert resp.status == 403, (role, r.method, r.path, resp.status)
+            checked += 1
+    assert checked > 60
+
+
+async def test_a_store_manager_cannot_reach_another_stores_customers(client, gw, world):
+    from gateway.models import Customer, QueueEntry
+    from gateway.tokens import create_token
+
+    h = auth(world.admin_token)
+    other = await (await client.post("/api/v1/stores", json={"name": "别的店"}, headers=h)).json()
+    async with gw.db() as s:
+        mine = Customer(name="本店顾客", store_id=world.store_id, created_at=gw.clock.now())
+        theirs = Customer(name="别店顾客", store_id=other["id"], created_at=gw.clock.now())
+        s.add_all([mine, theirs])
+        await s.flush()
+        s.add(QueueEntry(customer_id=theirs.id, store_id=other["id"], reason="no_invite", created_at=gw.clock.now()))
+        _, mgr = await create_token(s, "store_manager", store_id=world.store_id)
+        await s.commit()
+        mine_id, theirs_id = mine.id, theirs.id
+    m = auth(mgr)
+    assert (await client.get(f"/api/v1/customers/{theirs_id}", headers=m)).status == 403
+    assert (await client.get(f"/api/v1/customers/{mine_id}", headers=m)).status == 200
+    listed = await (await client.get(f"/api/v1/customers?store_id={other['id']}", headers=m)).json()
+    assert [c["id"] for c in listed["items"]] == [mine_id]  # their own store, whatever they ask for
+    assert (await (await client.get("/api/v1/queue", headers=m)).json())["items"] == []
+    resp = await client.post(f"/api/v1/customers/{theirs_id}/transfer", json={"clerk_id": world.clerk_id}, headers=m)
+    assert resp.status == 403
+    assert (await client.patch(f"/api/v1/customers/{theirs_id}", json={"tags": ["x"]}, headers=m)).status == 403
+    assert (await client.get("/api/v1/reports/campaigns", headers=m)).status == 403
