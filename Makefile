@@ -1,9 +1,11 @@
 # Every target bootstraps .venv itself, so a fresh clone needs nothing but python3 (>= 3.11).
+# `make test` also needs Debian's chromium and chromium-driver for the console's browser tests;
+# `browser-deps` installs them when they are missing (as root, from Debian's packages).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test demo bench lint clean
+.PHONY: run test demo bench lint clean browser-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +21,15 @@ run: $(VENV)/.installed
 	$(BIN)/gateway db upgrade
 	$(BIN)/gateway serve
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev browser-deps
 	$(BIN)/pytest -q
+
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing Debian chromium + chromium-driver for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+	    || { echo "could not install chromium; as root run: apt-get install chromium chromium-driver" >&2; exit 1; }; \
+	fi
 
 demo: $(VENV)/.installed
 	$(BIN)/gateway demo
