@@ -42,7 +42,8 @@ class OrderError(Exception):
 
 async def history(session, customer_id: int) -> tuple[list, list, list, datetime | None]:
     c = await session.get(Customer, customer_id)
-    bindings = [ledger.BindingRec(b.id, b.clerk_id, b.store_id, b.valid_from, b.valid_to, b.end_reason) for b in (
+    bindings = [ledger.BindingRec(b.id, b.clerk_id, b.store_id, b.valid_from, b.valid_to, b.end_reason,
+                                  b.source or "") for b in (
         await session.execute(select(Binding).where(Binding.customer_id == customer_id))).scalars()]
     orders = (await session.execute(select(Order).where(Order.customer_id == customer_id))).scalars().all()
     refunds = (await session.execute(select(Refund, Order.order_id).join(Order, Order.id == Refund.order_pk)

@@ -183,6 +183,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    """`gateway import clerks|stores|customers FILE.csv`: bulk upsert with a per-row error report."""
+    try:
+        cfg = _config(args.config)
+    except ConfigError as e:
+        return _fail_config(e)
+    from gateway.importer import main as run_import
+
+    return run_import(cfg, args.kind, args.file, dry_run=args.dry_run, errors_file=args.errors)
+
+
 def cmd_demo(args) -> int:
     from gateway.demo import main as demo
 
@@ -220,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config")
     s.set_defaults(fn=cmd_report)
 
+    s = sub.add_parser("import", help="bulk import stores, clerks or customers from CSV (per-row error report)")
+    s.add_argument("kind", choices=["clerks", "stores", "customers"])
+    s.add_argument("file", help="UTF-8 CSV with a header row")
+    s.add_argument("--config")
+    s.add_argument("--dry-run", action="store_true", help="check every row and print the report; write nothing")
+    s.add_argument("--errors", metavar="FILE.csv", help="also write the failing rows here, with an error column")
+    s.set_defaults(fn=cmd_import)
+
     s = sub.add_parser("db", help="database maintenance")
     dbsub = s.add_subparsers(dest="db_command", required=True)
     u = dbsub.add_parser("upgrade", help="apply migrations")
@@ -243,11 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from gateway.privacy import MaskPhones
+    from gateway import logs
 
-    for h in logging.getLogger().handlers:
-        h.addFilter(MaskPhones())
+    logs.setup("text")  # `serve` switches to server.log_format once the config is read
     args = build_parser().parse_args(argv)
     return args.fn(args)
 

@@ -8,7 +8,7 @@ Rules (attribution config, versioned by `rule_version`):
     no binding then (or the customer was erased before) → no entry, the order is unattributed.
   * refund: reverses refund × the same rate, never more than the order's commission left.
   * member bounty: the clerk of a customer's first binding earns `member_bounty`, once per
-    customer; clawed back when that binding ends for a reason of the customer's (unbound,
+    customer (not for relationships brought in by `gateway import`); clawed back when that binding ends for a reason of the customer's (unbound,
     switched, erased…) within `bounty_clawback_days` — not when the clerk leaves (handover).
 Money is Decimal; every amount is rounded once, to the fen, half up (`fen`).
 """
@@ -57,6 +57,7 @@ class BindingRec:  # a binding, as the ledger sees it
     valid_from: datetime
     valid_to: datetime | None
     end_reason: str | None
+    source: str = ""  # how it began: invite, contact, handover, import …
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def entries(customer_id: int, bindings: list[BindingRec], orders: list[OrderRec]
     out: list[Entry] = []
     v = rules.version
     ordered = sorted(bindings, key=lambda b: (b.valid_from, b.id))
-    if ordered and rules.member_bounty > 0:
+    if ordered and rules.member_bounty > 0 and ordered[0].source != "import":  # migrated, not recruited here
         first = ordered[0]
         out.append(Entry(f"bounty:{customer_id}", "bounty", first.clerk_id, first.store_id, customer_id,
                          fen(rules.member_bounty), binding_id=first.id, rule=v))

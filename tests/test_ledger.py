@@ -44,7 +44,7 @@ def histories(draw):
         end = None if last and draw(st.booleans()) else t + timedelta(days=length)
         reason = None if end is None else draw(st.sampled_from(["handover", "customer_switched", "unbound", "merged"]))
         bindings.append(ledger.BindingRec(i + 1, draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, None])), t, end,
-                                          reason))
+                                          reason, draw(st.sampled_from(["invite", "contact", "import"]))))
         if end is None:
             break
         t = end + timedelta(days=draw(st.integers(0, 3)))  # a gap: nobody bound
@@ -70,8 +70,8 @@ def reference(bindings, orders, refunds, rules):
         return x.quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
 
     totals: dict[int, Decimal] = {}
-    if bindings:
-        first = min(bindings, key=lambda b: (b.valid_from, b.id))
+    first = min(bindings, key=lambda b: (b.valid_from, b.id)) if bindings else None
+    if first is not None and first.source != "import":  # imported relationships were not recruited here
         totals[first.clerk_id] = totals.get(first.clerk_id, Decimal(0)) + r2(rules.member_bounty)
         if (first.valid_to is not None and first.end_reason not in ("handover", "merged")
                 and (first.valid_to - first.valid_from).days < rules.bounty_clawback_days):
@@ -265,7 +265,7 @@ def test_incremental_appends_never_change_a_line_and_end_equal_to_a_rebuild(h):
     seen_o, seen_r, appended = [], [], {}
     for _, kind, x in events:
         if kind == "b":
-            seen_b[x.id] = ledger.BindingRec(x.id, x.clerk_id, x.store_id, x.valid_from, None, None)
+            seen_b[x.id] = ledger.BindingRec(x.id, x.clerk_id, x.store_id, x.valid_from, None, None, x.source)
         elif kind == "e":
             seen_b[x.id] = x
         elif kind == "o":
