@@ -47,7 +47,11 @@ async def customer_list(q: Req):
         stmt = stmt.where(Customer.name.contains(q.request.query["q"], autoescape=True))
     async with q.gw.db() as s:
         rows = (await s.exec(stmt)).all()
-    return _page([_dump(r, q.gw.tz) for r in rows], q.limit())
+        advisors_ = dict((await s.execute(  # the current advisor of each, in one query
+            select(Binding.customer_id, Clerk).join(Clerk, Clerk.id == Binding.clerk_id)
+            .where(Binding.customer_id.in_([r.id for r in rows]), Binding.valid_to.is_(None)))).all())
+    return _page([{**_dump(r, q.gw.tz), "advisor": {"clerk_id": a.id, "name": a.display_name} if (a := advisors_.get(r.id))
+                   else None} for r in rows], q.limit())
 
 
 async def _customer(s, q: Req) -> Customer:

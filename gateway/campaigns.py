@@ -33,6 +33,7 @@ from gateway.models import (
     CouponCode,
     Customer,
     Delivery,
+    Order,
     Outbox,
     Product,
     Store,
@@ -370,7 +371,14 @@ async def report(gw: Gateway, campaign: Campaign) -> dict:
         runs = (await s.execute(select(CampaignRun).where(CampaignRun.campaign_id == campaign.id)
                                 .order_by(CampaignRun.scheduled_for))).scalars().all()
         out = []
-        for r in runs:
+        for i, r in enumerate(runs):
+            # Orders credited to the campaign (last touch) from this run's customers, until the next run.
+            until = runs[i + 1].scheduled_for if i + 1 < len(runs) else None
+            n_orders, gmv = (await s.execute(
+                select(func.count(Order.id), func.sum(Order.amount)).join(
+                    Delivery, and_(Delivery.customer_id == Order.customer_id, Delivery.run_id == r.id))
+                .where(Order.campaign_id == campaign.id, Order.placed_at >= r.scheduled_for,
+                       *([Order.placed_at < until] if until else [])))).one()
             sent = dict((await s.execute(
                 select(Outbox.status, func.count()).join(Delivery, Delivery.outbox_id == Outbox.id)
                 .where(Delivery.run_id == r.id).group_by(Outbox.status))).all())
@@ -400,7 +408,7 @@ async def report(gw: Gateway, campaign: Campaign) -> dict:
                         "sent": sent.get("sent", 0), "pending": sent.get("pending", 0) + sent.get("sending", 0),
                         "delivered": delivered, "failed": sent.get("dead", 0), "held": sent.get("held", 0),
                         "cancelled": sent.get("cancelled", 0), "clicked": clicked, "redeemed": redeemed,
-                        "orders": 0, "gmv": "0.00"})
+                        "orders": n_orders, "gmv": f"{Decimal(gmv or 0):.2f}"})
     return {"id": campaign.id, "name": campaign.name, "status": campaign.status, "runs": out}
 
 

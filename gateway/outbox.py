@@ -239,7 +239,8 @@ class OutboxWorker:
                 claimed_by=self.worker_id,
             )
             .returning(Outbox.id, Outbox.idem_key, Outbox.account, Outbox.target, Outbox.message,
-                       Outbox.attempts, Outbox.message_id, Outbox.created_at, Outbox.kind)
+                       Outbox.attempts, Outbox.message_id, Outbox.created_at, Outbox.kind,
+                       Outbox.customer_id, Outbox.clerk_id, Outbox.campaign_id)
             .execution_options(synchronize_session=False)
         )  # fmt: skip
         async with self.gw.db() as s:
@@ -304,6 +305,14 @@ class OutboxWorker:
                 await s.execute(
                     update(msg).where(msg.c.id == bindparam("mid"))
                     .values(status=bindparam("st"), platform_msg_id=bindparam("pid"), sent_at=bindparam("at")), ids)
+            # A push the customer's page took at once has reached them (platforms that confirm
+            # later do so through a delivery report: bots/delivery.py logs the same type then).
+            reached = [{"type": "push_sent", "occurred_at": at, "customer_id": r.customer_id, "clerk_id": r.clerk_id,
+                        "campaign_id": r.campaign_id,
+                        "payload": {"outbox_id": r.id, "channel": self.gw.adapters[r.account].platform}}
+                       for r, rc, at in batch if r.id in done and rc.delivered and r.kind in PUSH_KINDS]
+            if reached:
+                await s.execute(insert(Interaction), reached)
             pids = [{"oid": r.id, "pid": rc.platform_msg_id} for r, rc, _ in batch
                     if r.id in done and rc.platform_msg_id]
             if pids:

@@ -97,6 +97,7 @@ async def test_customer_read_with_bindings_and_history(client, gw, world):
     h = auth(world.admin_token)
     listed = await (await client.get(f"/api/v1/customers?clerk_id={world.clerk_id}", headers=h)).json()
     (cust,) = listed["items"]
+    assert cust["advisor"] == {"clerk_id": world.clerk_id, "name": "小林"}
     detail = await (await client.get(f"/api/v1/customers/{cust['id']}", headers=h)).json()
     assert detail["name"] == "读者" and detail["consent_version"] == "v1"
     assert [(i["platform"], i["external_id"]) for i in detail["identities"]] == [("webchat", "u-read")]

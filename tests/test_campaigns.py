@@ -382,3 +382,39 @@ async def test_the_cli_shows_each_runs_progress(db_url, clock, tmp_path):
     assert proc.returncode == 0, err.decode()
     line = next(ln for ln in out.decode().splitlines() if "会员日推送" in ln)
     assert "dispatching" in line and line.split()[3:6] == ["dispatching", "7", "7"]
+
+
+async def test_a_push_a_live_page_takes_is_logged_delivered_for_the_reports(gw, clock):
+    from gateway import reports
+    from gateway.models import Interaction
+
+    store, _, clerk, _ = await setup_world(gw)
+    ids = await people(gw, 4, store_id=store, clerk_id=clerk)
+    live = gw.hub().subscribe("webchat", f"c-{ids[0]}")  # one customer has the page open
+    c = await new_campaign(gw)
+    await arm(gw, c)
+    clock.advance(hours=1)
+    await fire(gw)
+    for r in await gw.outbox.claim(10):
+        assert await gw.outbox.deliver(r) == "sent"
+    assert live.get_nowait()["text"].startswith("c0您好")
+    async with gw.db() as s:
+        logged = (await s.execute(select(Interaction).where(Interaction.type == "push_sent"))).scalars().all()
+    assert [(i.customer_id, i.clerk_id, i.campaign_id) for i in logged] == [(ids[0], clerk, c.id)]
+    run = (await campaigns.report(gw, await _get(gw, c.id)))["runs"][0]
+    assert run["sent"] == 4 and run["delivered"] == 1  # the others are stored for their next visit
+    async with gw.db() as s:
+        (row,) = await reports.campaigns(s, START - timedelta(days=1), clock.now() + timedelta(days=1), 7)
+        by_clerk = {x["clerk_id"]: x for x in await reports.clerks(s, START - timedelta(days=1),
+                                                                    clock.now() + timedelta(days=1))}
+    assert row["sent"] == 4 and row["delivered"] == 1 and by_clerk[clerk]["pushes_delivered"] == 1
+    # An order placed after the push is credited to the campaign, and to the run that reached the customer.
+    from gateway import attribution
+
+    clock.advance(hours=2)
+    out = await attribution.record_order(gw, {"order_id": "A-1", "customer": {"customer_id": ids[1]},
+                                              "amount": "199.00", "channel": "store",
+                                              "placed_at": clock.now().isoformat()})
+    assert out[1]["campaign_id"] == c.id
+    run = (await campaigns.report(gw, await _get(gw, c.id)))["runs"][0]
+    assert (run["orders"], run["gmv"]) == (1, "199.00")
