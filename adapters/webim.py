@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,45 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
     return body
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def loads_json(text: str | bytes, what: str = "body"):
+    """json.loads for untrusted input: every failure is a BadRequest, and no string in the result
+    holds a NUL (PostgreSQL text refuses it) or a lone surrogate ("\\ud800" is valid JSON but
+    cannot be encoded as UTF-8, so it could never be stored or relayed)."""
+    try:  # NaN / Infinity / 1e999 are not JSON: PostgreSQL's json type refuses them where events are kept
+        data = json.loads(text or b"null", parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
+        raise BadRequest(f"{what} is not valid JSON") from None
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                raise BadRequest(f"{what} holds a NUL character")
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                raise BadRequest(f"{what} holds a lone UTF-16 surrogate") from None
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return data
+
+
 async def read_json(request: web.Request, max_body: int) -> dict:
-    body = await read_body(request, max_body)
-    try:
-        data = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("body is not valid JSON") from None
+    data = loads_json(await read_body(request, max_body))
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     return data
@@ -78,7 +112,7 @@ def parse_message_body(body: dict, max_text: int) -> tuple[Message, str]:
         raise BadRequest("segments must be a list of 1 to 20 objects", field="segments")
     segments = []
     for i, seg in enumerate(raw_segments):
-        if not isinstance(seg, dict) or seg.get("type") not in CLIENT_SEGMENTS:
+        if not isinstance(seg, dict) or not isinstance(seg.get("type"), str) or seg["type"] not in CLIENT_SEGMENTS:
             raise BadRequest(f"segments[{i}].type must be one of {sorted(CLIENT_SEGMENTS)}", field=f"segments[{i}]")
         data = {k: v for k, v in seg.items() if k != "type"}
         if not all(isinstance(v, str | int | float) for v in data.values()):

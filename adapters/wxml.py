@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import xmltodict
@@ -35,7 +36,8 @@ def split_text(text: str, limit: int = 2048) -> list[str]:
     """Chunks of at most `limit` UTF-8 bytes, cut at line ends where possible, never inside a character."""
     out: list[str] = []
     while len(text.encode()) > limit:
-        cut = len(text.encode()[:limit].decode("utf-8", "ignore"))
+        # max(1, …): a limit below one character's UTF-8 length must still make progress (it looped forever)
+        cut = max(1, len(text.encode()[:limit].decode("utf-8", "ignore")))
         nl = text.rfind("\n", 0, cut)
         cut = nl + 1 if nl > cut // 2 else cut
         out.append(text[:cut])
@@ -43,18 +45,26 @@ def split_text(text: str, limit: int = 2048) -> list[str]:
     return [*out, text] if text else out
 
 
+MAX_ID = 128  # ids are stored in VARCHAR(128) columns (identity.external_id, message.platform_msg_id)
+
+
 def need(d: dict, key: str) -> str:
     v = d.get(key)
     if not v:
         raise BadRequest(f"{key} is missing", field=key)
+    if len(v) > MAX_ID:  # would fail the insert on PostgreSQL after the ack: refuse it up front
+        raise BadRequest(f"{key} is longer than {MAX_ID} characters", field=key)
     return v
 
 
 def _num(v: str | None) -> float | None:
+    """A coordinate; None when absent or not a finite number ("nan", "inf", "1e999" would make the
+    event JSON that PostgreSQL's json type refuses)."""
     try:
-        return float(v) if v is not None else None
+        f = float(v) if v is not None else None
     except ValueError:
         return None
+    return f if f is not None and math.isfinite(f) else None
 
 
 def segments(d: dict, media_prefix: str, *, pic_first: bool) -> list[Segment]:

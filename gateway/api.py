@@ -50,13 +50,18 @@ class ApiError(Exception):
 INT64 = 2**63 - 1
 
 
-def _within_int64(v: Any) -> bool:
+def _storable(v: Any) -> bool:
+    """What the database can hold: 64-bit integers, text without NUL (PostgreSQL refuses U+0000)."""
     if isinstance(v, int) and not isinstance(v, bool):
         return -INT64 <= v <= INT64
+    if isinstance(v, str):
+        return "\x00" not in v
     if isinstance(v, list | tuple | set):
-        return all(_within_int64(x) for x in v)
+        return all(_storable(x) for x in v)
     if isinstance(v, dict):
-        return all(_within_int64(x) for x in v.values())
+        return all(_storable(k) and _storable(x) for k, x in v.items())
+    if isinstance(v, BaseModel):
+        return True  # nested models check their own fields
     return True
 
 
@@ -65,10 +70,10 @@ class _In(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _int64(cls, v: Any) -> Any:
-        """Ids and counts are 64-bit in the database: a larger number is invalid input, not a crash."""
-        if not _within_int64(v):
-            raise ValueError("number out of range")
+    def _storable(cls, v: Any) -> Any:
+        """Invalid input, not a database error: numbers beyond 64 bits, NUL characters."""
+        if not _storable(v):
+            raise ValueError("number out of range or text with a NUL character")
         return v
 
 
@@ -202,7 +207,8 @@ def _check_signature(gw, request: web.Request, raw: bytes) -> None:
     if not secret:
         raise ApiError(401, "unauthorized", "orders.webhook_secret is not configured: order intake is off")
     expected = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, request.headers.get("X-Gateway-Signature", "").lower()):
+    given = request.headers.get("X-Gateway-Signature", "").lower()
+    if not given.isascii() or not hmac.compare_digest(expected, given):  # compare_digest raises on non-ASCII
         raise ApiError(401, "unauthorized", "bad X-Gateway-Signature")
 
 
@@ -244,7 +250,7 @@ def _wrap(r: Route, key: web.AppKey):
             if r.body is not None:
                 try:
                     data = json.loads(raw or b"null")
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
                     raise ApiError(400, "bad_request", "body is not valid JSON") from None
                 if not isinstance(data, dict):
                     raise ApiError(400, "bad_request", "body must be a JSON object")

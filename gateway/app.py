@@ -7,6 +7,7 @@ from pathlib import Path
 
 import segno
 from aiohttp import web
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlmodel import select
 
@@ -21,6 +22,36 @@ GATEWAY = web.AppKey("gateway", Gateway)
 STATIC = Path(__file__).parent / "static"
 
 
+# Errors that are bugs in what we asked the database; any other database error means it is away,
+# locked or full, and the same request may succeed later.
+_DB_BUGS = (sa_exc.IntegrityError, sa_exc.ProgrammingError, sa_exc.DataError, sa_exc.NotSupportedError)
+
+
+# PostgreSQL error classes that pass: connection, resources, operator intervention (restart),
+# transaction rollback (deadlock, serialization), lock not available. Others are our bug or bad data.
+_TRANSIENT_SQLSTATE = ("08", "53", "57", "40", "55")
+
+
+def database_unavailable(e: BaseException) -> bool:
+    """SQLite "database is locked" / "disk is full", PostgreSQL restarting or unreachable, pool exhausted."""
+    if isinstance(e, sa_exc.DBAPIError):
+        orig = e.orig
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or getattr(
+            getattr(orig, "__cause__", None), "sqlstate", None)
+        if state:
+            return str(state)[:2] in _TRANSIENT_SQLSTATE
+        return not isinstance(e, _DB_BUGS)
+    return isinstance(e, sa_exc.TimeoutError | ConnectionError | TimeoutError)  # asyncpg's connect raises these bare
+
+
+@web.middleware
+async def refuse_nul(request: web.Request, handler):
+    """A NUL in the path or the query is never valid input (and PostgreSQL refuses it in text)."""
+    if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+        return error_response(400, "bad_request", "NUL character in the URL")
+    return await handler(request)
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler):
     """Every error leaves as `{"error": {...}}`; nothing leaks a traceback."""
@@ -33,7 +64,12 @@ async def json_errors(request: web.Request, handler):
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
         return error_response(e.status, code, e.reason)
-    except Exception:
+    except Exception as e:
+        if database_unavailable(e):  # rolled back: retrying is safe (inbound is deduplicated by its key)
+            log.warning("database unavailable on %s %s: %s", request.method, request.path, type(e).__name__)
+            resp = error_response(503, "unavailable", "database busy or full, retry")
+            resp.headers["Retry-After"] = "1"
+            return resp
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error")
 
@@ -145,7 +181,7 @@ def _redirect(to: str):
 
 def create_app(gw: Gateway, *, manage_lifecycle: bool = True) -> web.Application:
     observe = logs.middleware(lambda request: request.app[GATEWAY].metrics, gw.config.server.access_log)
-    app = web.Application(client_max_size=gw.max_body, middlewares=[observe, json_errors])
+    app = web.Application(client_max_size=gw.max_body, middlewares=[observe, json_errors, refuse_nul])
     app[GATEWAY] = gw
     for adapter in gw.adapters.values():
         for r in adapter.routes():

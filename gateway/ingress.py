@@ -42,8 +42,10 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 def claim_key(events: list[Event]) -> str:
-    if len(events) == 1:
-        return events[0].dedupe_key[:255]
+    if len(events) == 1 and len(events[0].dedupe_key) <= 255:
+        return events[0].dedupe_key
+    if len(events) == 1:  # too long for the column: a digest, never a prefix (two keys may share one)
+        return "long:" + hashlib.sha256(events[0].dedupe_key.encode()).hexdigest()
     return "batch:" + hashlib.sha256("|".join(e.dedupe_key for e in events).encode()).hexdigest()
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger("gateway.outbox")
 # Kinds that are marketing: opt-outs and (later) quiet hours and caps apply to them.
 PUSH_KINDS = frozenset({"push"})
 # Claim order (lower first): deadlines (WeCom's 20 s welcome), then conversation, then bulk.
-PRIORITY = {"welcome": 0, "reply": 1, "notice": 1, "transfer": 1, "intro": 1}
+PRIORITY = {"welcome": 0, "reply": 1, "relay": 1, "notice": 1, "transfer": 1, "intro": 1}  # relay: customer -> clerk
 BULK = 2
 
 
@@ -228,10 +228,17 @@ class OutboxWorker:
             .order_by(Outbox.priority, Outbox.next_attempt_at, Outbox.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            .cte("pick")
         )
+        if self.gw.engine.dialect.name == "postgresql":
+            # Picked once. As `IN (subquery)` PostgreSQL may rescan the pick per outer row (its plan
+            # when statistics say the outbox is empty), each rescan skipping the rows this statement
+            # already took: one claim then took every due row, not `limit`, and rows waiting for the
+            # rate limiter outlived their lease and were sent twice (found by `make chaos`).
+            pick = pick.prefix_with("MATERIALIZED")
         stmt = (
             update(Outbox)
-            .where(Outbox.id.in_(pick.scalar_subquery()))
+            .where(Outbox.id.in_(select(pick.c.id)))
             .values(
                 status="sending",
                 attempts=Outbox.attempts + 1,
@@ -277,10 +284,15 @@ class OutboxWorker:
             except Exception as e:  # an adapter bug or a network fault we did not classify: retry, loudly
                 log.exception("outbox send %s failed unexpectedly", row.id)
                 return await self._retry(row, f"{type(e).__name__}: {e}", None)
-            # Recorded before the peer's next send: platforms that count sends per window read it.
             # The send's own time, not the later group commit's: reply windows count by it.
-            if not await self._sent.submit((row, receipt, self.gw.clock.now())):
-                return "lost_lease"  # another worker took the row over after our lease ran out
+            recorded = asyncio.ensure_future(self._sent.submit((row, receipt, self.gw.clock.now())))
+            if adapter.capabilities().reply_window is not None:
+                # A platform that counts sends per window reads this record before the peer's next send.
+                await asyncio.shield(recorded)
+        # Elsewhere the peer's next send need not wait for this commit: one busy clerk would otherwise
+        # get one message per database round trip.
+        if not await asyncio.shield(recorded):
+            return "lost_lease"  # another worker took the row over after our lease ran out
         self.sent += 1
         return "sent"
 

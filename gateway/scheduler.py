@@ -102,13 +102,17 @@ async def tick(gw: Gateway) -> list[int]:
 
 
 async def claim_run(gw: Gateway, worker: str) -> int | None:
-    """A pending run, or one whose materialiser died (lease ran out)."""
+    """A pending run, one whose materialiser died (lease ran out), or one this worker dropped.
+
+    A worker materialises one run at a time, so a run still marked as its own here was abandoned
+    when materialize() failed (the database went away): resume it now, not after the lease."""
     now = gw.clock.now()
     async with gw.db() as s:
         run_id = (await s.execute(
             select(CampaignRun.id).where(or_(
                 CampaignRun.status == "pending",
-                (CampaignRun.status == "materializing") & (CampaignRun.lease_until < now)))
+                (CampaignRun.status == "materializing")
+                & ((CampaignRun.lease_until < now) | (CampaignRun.claimed_by == worker))))
             .order_by(CampaignRun.id).limit(1).with_for_update(skip_locked=True))).scalar()
         if run_id is None:
             return None

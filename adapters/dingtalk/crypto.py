@@ -22,8 +22,10 @@ def robot_sign(app_secret: str, timestamp_ms: int | str) -> str:
 
 
 def check_robot_sign(app_secret: str, timestamp: str, sign: str, now_ms: int, window_s: int) -> None:
-    if not timestamp.isdigit() or not sign:
-        raise Unauthorized("missing timestamp or sign header")
+    # isascii(): "¹²³".isdigit() is true but int() refuses it; a non-ASCII sign cannot be
+    # compare_digest()ed (TypeError) and is forged anyway.
+    if not (timestamp.isascii() and timestamp.isdigit()) or not sign or not sign.isascii():
+        raise Unauthorized("missing or malformed timestamp or sign header")
     if abs(now_ms - int(timestamp)) > window_s * 1000:
         raise Unauthorized("timestamp is outside the allowed window")
     if not hmac.compare_digest(robot_sign(app_secret, timestamp), sign):

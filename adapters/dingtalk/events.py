@@ -11,6 +11,7 @@ from gateway.model import Event, Identity, Message, Segment
 
 PLATFORM = "dingtalk"
 ROBOT_TOPIC = "/v1.0/im/bot/messages/get"
+MAX_ID = 128  # ids are stored in VARCHAR(128) columns (message.platform_msg_id, identities)
 
 
 @dataclass
@@ -32,18 +33,28 @@ def _segments(raw: DingTalkRaw) -> list[Segment]:
     kind = b.get("msgtype")
     content = b.get("content") if isinstance(b.get("content"), dict) else {}
     if kind == "text":
-        text = (b.get("text") or {}).get("content", "")
-        return [Segment.text(text.strip())] if isinstance(text, str) and text.strip() else []
+        text = b.get("text") or {}
+        if not isinstance(text, dict):
+            raise BadRequest("text must be an object", field="text")
+        content_text = text.get("content", "")
+        if not isinstance(content_text, str):
+            raise BadRequest("text.content must be a string", field="text.content")
+        return [Segment.text(content_text.strip())] if content_text.strip() else []
     if kind == "richText":
+        parts = content.get("richText") or []
+        if not isinstance(parts, list):
+            raise BadRequest("content.richText must be a list", field="content.richText")
         out = []
-        for part in content.get("richText") or []:
+        for part in parts:
             if not isinstance(part, dict):
                 continue
             if part.get("text"):
                 out.append(Segment.text(str(part["text"])))
-            elif part.get("type") == "picture" and part.get("downloadCode"):
+            elif part.get("type") == "picture" and isinstance(part.get("downloadCode"), str) and part["downloadCode"]:
                 out.append(Segment("image", {"url": _media(raw, part["downloadCode"]), "download_code": part["downloadCode"]}))
         return out
+    if not isinstance(content.get("downloadCode", ""), str):
+        raise BadRequest("content.downloadCode must be a string", field="content.downloadCode")
     if kind == "picture" and content.get("downloadCode"):
         return [Segment("image", {"url": _media(raw, content["downloadCode"]), "download_code": content["downloadCode"]})]
     if kind == "file" and content.get("downloadCode"):
@@ -59,18 +70,29 @@ def parse_robot(raw: DingTalkRaw) -> list[Event]:
     msg_id, staff = b.get("msgId"), b.get("senderStaffId")
     if not isinstance(msg_id, str) or not msg_id:
         raise BadRequest("msgId is missing", field="msgId")
+    if len(msg_id) > MAX_ID:
+        raise BadRequest(f"msgId is longer than {MAX_ID} characters", field="msgId")
     if str(b.get("conversationType", "1")) != "1":
         return []  # group chats are not an advisor's conversation
-    if not isinstance(staff, str) or not staff:
-        raise BadRequest("senderStaffId is missing", field="senderStaffId")
+    if not isinstance(staff, str) or not staff or len(staff) > MAX_ID:
+        raise BadRequest("senderStaffId is missing or too long", field="senderStaffId")
     segments = _segments(raw)
     if not segments:
         return []  # a kind we do not relay (e.g. an empty text): acknowledged, nothing to do
-    created = b.get("createAt")
-    at = datetime.fromtimestamp(created / 1000, UTC) if isinstance(created, int | float) else raw.received_at
-    return [Event("message", "clerk", Identity(PLATFORM, raw.account, staff), f"msg:{msg_id}", at,
+    return [Event("message", "clerk", Identity(PLATFORM, raw.account, staff), f"msg:{msg_id}", _created(b, raw),
                   message=Message(segments), payload={"platform_msg_id": msg_id},
-                  profile={"name": b.get("senderNick")} if b.get("senderNick") else {})]
+                  profile={"name": b["senderNick"]} if isinstance(b.get("senderNick"), str) and b["senderNick"] else {})]
+
+
+def _created(b: dict, raw: DingTalkRaw) -> datetime:
+    """createAt (epoch ms); our own receive time when absent or a time no clock can show (1e300, NaN)."""
+    created = b.get("createAt")
+    if isinstance(created, int | float) and not isinstance(created, bool):
+        try:
+            return datetime.fromtimestamp(created / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            pass
+    return raw.received_at
 
 
 def parse_event(raw: DingTalkRaw) -> list[Event]:
@@ -81,6 +103,9 @@ def parse_event(raw: DingTalkRaw) -> list[Event]:
         users = b.get("UserId") or b.get("userId") or []
         stamp = str(b.get("TimeStamp") or b.get("timeStamp") or "")
         users = [users] if isinstance(users, str) else users
+        if not isinstance(users, list) or not all(isinstance(u, str | int) and not isinstance(u, bool)
+                                                  and len(str(u)) <= MAX_ID for u in users):
+            raise BadRequest("UserId must be a user id or a list of them", field="UserId")
         return [Event("clerk_left", "clerk", Identity(PLATFORM, raw.account, str(u)), f"evt:user_leave_org:{u}:{stamp}",
                       raw.received_at, payload={"reason": "left_org"}) for u in users if u]
     return []  # check_url and events we do not use: acknowledged

@@ -18,6 +18,7 @@ import collections
 import hashlib
 import hmac
 import json
+import random
 import secrets
 import string
 import time
@@ -39,6 +40,7 @@ MSG_KEYS = {
     "sampleLink": ("text", "title", "picUrl", "messageUrl"),
     "sampleActionCard": ("title", "text", "singleTitle", "singleURL"),
 }
+API_PATHS = ("/v1.0/", "/topapi/", "/gettoken")  # what counts against the QPS limit (and random faults)
 FAULT_KINDS = ("http429", "errcode90002", "errcode90018", "html_throttle", "http500", "timeout")
 # doc how-to-process-api-throttling-on-the-dingtalk-server: per app per API -> 90018 (oapi) /
 # Forbidden.AccessDenied.QpsLimitForAppkeyAndApi (v1.0); all apps on one API -> 90002 / ...QpsLimitForApi;
@@ -93,6 +95,13 @@ class DingTalkSimulator:
         self.timeout_delay = 5.0
         self.timeout_delivers = True  # a timed-out call still takes effect later, as a real one may
         self.html_throttle_status = 200  # the IP throttle page may come with 200; 503 is also seen
+        # random faults (chaos runs): this share of API calls fails with a kind drawn from fault_kinds;
+        # seed fault_random to replay a run
+        self.fault_rate = 0.0
+        self.fault_kinds: tuple[str, ...] = ("http500", "http429", "html_throttle", "timeout")
+        self.fault_random = random.Random(0)
+        self.injected: collections.Counter = collections.Counter()  # fault kind -> calls failed on purpose
+        self.throttled = 0  # calls refused by qps_limit: the caller went over the cap (nothing injected)
         # what happened, for assertions
         self.robot_inbox: dict[str, list[dict]] = collections.defaultdict(list)
         self.work_notices: dict[str, list[dict]] = collections.defaultdict(list)
@@ -137,7 +146,10 @@ class DingTalkSimulator:
         path = request.path
         self.calls[path] += 1
         v1 = path.startswith("/v1.0/")
-        kind = self._faults.take(path)
+        kind = self._faults.take(path) or self._random_fault(path)
+        if kind:  # marked on the request, so an outer middleware can tell injected faults from real ones
+            request["sim_fault"] = kind
+            self.injected[kind] += 1
         if kind == "timeout":
             await request.read()  # buffer the body: the late handler still needs it after the client left
             task = asyncio.ensure_future(self._after_delay(handler, request))
@@ -146,12 +158,14 @@ class DingTalkSimulator:
             return await asyncio.shield(task)
         if kind:
             return self._fault(kind, v1)
-        if self.qps_limit is not None and path.startswith(("/v1.0/", "/topapi/", "/gettoken")):
+        if self.qps_limit is not None and path.startswith(API_PATHS):
             window = self._windows["*" if self.qps_scope == "app" else path]
             now = self.qps_clock()
             while window and window[0] <= now - 1.0:
                 window.popleft()
             if len(window) >= self.qps_limit:
+                request["sim_fault"] = "qps"
+                self.throttled += 1
                 return self._throttle(v1, QPS_APP)
             window.append(now)
         return await handler(request)
@@ -169,6 +183,11 @@ class DingTalkSimulator:
             await conn["ws"].close(code=WSCloseCode.GOING_AWAY)
 
     # ---- fault injection ---------------------------------------------------------------------------
+    def _random_fault(self, path: str) -> str | None:
+        if self.fault_rate and path.startswith(API_PATHS) and self.fault_random.random() < self.fault_rate:
+            return self.fault_random.choice(self.fault_kinds)
+        return None
+
     def fail_next(self, n: int, kind: str, path_prefix: str = "/") -> None:
         """The next n calls under path_prefix fail this way instead of being handled."""
         self._faults.add(n, kind, path_prefix)

@@ -18,6 +18,7 @@ from dingtalk_stream.chatbot import ChatbotMessage
 from dingtalk_stream.frames import AckMessage, Headers
 
 from adapters.dingtalk.events import DingTalkRaw
+from adapters.webim import loads_json
 from gateway.adapter import BadRequest
 
 log = logging.getLogger("gateway.dingtalk.stream")
@@ -80,7 +81,10 @@ class StreamClient:
             await ws.send_json(ack(message_id, data=frame.get("data")))  # ping: echo its data
             return None
         try:
-            body = json.loads(frame.get("data") or "{}")
+            data = frame.get("data") or "{}"
+            body = loads_json(data if isinstance(data, str) else "", "frame data")  # NUL, surrogates, NaN: 400
+            if not isinstance(body, dict):  # a list or a string would crash parse and loop the connection
+                raise BadRequest("frame data must be a JSON object")
             raw = DingTalkRaw(self.adapter.account, "robot" if kind == "CALLBACK" else "event", body,
                               self.adapter.host.clock.now(), self.adapter.media_prefix)
             await self.adapter.host.submit(self.adapter, raw)

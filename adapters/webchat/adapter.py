@@ -69,7 +69,7 @@ class WebchatAdapter(Adapter):
             body = await read_json(request, 4096)
             user_id, name = self._user(body)
             ts, sig = body.get("ts"), body.get("sig")
-            if isinstance(ts, str) and ts.isdigit():
+            if isinstance(ts, str) and ts.isascii() and ts.isdigit():  # "¹²³".isdigit() is true too
                 ts = int(ts)
             if not isinstance(ts, int) or isinstance(ts, bool):
                 raise BadRequest("ts must be a unix timestamp in seconds", field="ts")

@@ -17,6 +17,8 @@ def session_sig(secret: str, user_id: str, ts: int | str, unionid: str | None = 
 
 
 def check_session_sig(secret: str, user_id: str, ts: int, sig: str, unionid: str | None = None) -> bool:
+    if not sig.isascii():  # compare_digest() raises TypeError on non-ASCII str; such a sig is forged anyway
+        return False
     return hmac.compare_digest(session_sig(secret, user_id, ts, unionid), sig.lower())
 
 
@@ -42,6 +44,8 @@ def issue_token(secret: str, user_id: str, name: str | None, expires: int, union
 
 def read_token(secret: str, token: str, now: int) -> dict | None:
     """The token's claims, or None if forged, malformed or expired."""
+    if not token.isascii():  # ours are base64url: anything else is forged (and would make compare_digest raise)
+        return None
     try:
         body, mac = token.split(".", 1)
         good = _b64(hmac.new(_token_key(secret), body.encode(), hashlib.sha256).digest())

@@ -36,6 +36,7 @@ from gateway.adapter import (
     Receipt,
     Retryable,
     RouteDef,
+    Unauthorized,
     register,
 )
 from gateway.batch import Coalescer
@@ -133,6 +134,8 @@ class WeComAdapter(Adapter):
             return events.WeComRaw(self.account, "url_check", {}, now, echo=echo)
         if request.method != "POST":
             raise BadRequest("WeCom callbacks are GET or POST", status=405, code="method_not_allowed")
+        if not (ts.isascii() and ts.isdigit()) or abs(now.timestamp() - int(ts)) > self.config.timestamp_window:
+            raise Unauthorized("timestamp missing or outside the allowed window")  # a replayed callback
         envelope = xml_fields(await read_body(request, self.host.max_body), "envelope")
         if not envelope.get("Encrypt"):
             raise BadRequest("Encrypt is missing", field="Encrypt")

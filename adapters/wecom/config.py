@@ -21,5 +21,8 @@ class WeComConfig(AccountConfig):
     # App messages per member (WeCom drops the excess silently, so the gateway queues before it).
     member_per_minute: int = Field(30, ge=1)
     member_per_hour: int = Field(1000, ge=1)
+    # Seconds a POST callback's timestamp may be off. The signature covers the timestamp, so this bounds
+    # how long a captured callback can be replayed; the claim dedupe only lasts claim_retention_hours.
+    timestamp_window: int = Field(300, ge=30)
     poll_interval: float = Field(60.0, gt=0)  # seconds between mass-task / transfer result polls
     timeout: float = Field(10.0, gt=0)  # seconds per API call
