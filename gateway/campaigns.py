@@ -276,7 +276,7 @@ async def materialize(gw: Gateway, run_id: int, *, batch: int | None = None) -> 
                 if d.reason:
                     counts[d.reason] = counts.get(d.reason, 0) + 1
             run.counts, run.cursor = counts, rows[-1].id
-            run.lease_until = now + timedelta(minutes=5)  # still alive: keep the run
+            run.lease_until = now + timedelta(seconds=gw.config.campaigns.lease_seconds)  # still alive: keep the run
             await s.commit()
     gw.outbox.kick()
     return counts

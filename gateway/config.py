@@ -132,6 +132,7 @@ class CampaignsConfig(_Section):
     tick_seconds: float = Field(5.0, gt=0)  # how often schedules are checked and runs picked up
     misfire_grace_seconds: int = Field(3600, ge=0)  # a fire time missed by more (gateway down) is skipped
     batch: int = Field(2000, ge=10, le=50_000)  # customers materialised per transaction
+    lease_seconds: float = Field(60.0, ge=10)  # a materialiser silent this long is presumed dead; another resumes
 
 
 def _default_accounts() -> list[dict]:

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.scheduler")
-LEASE = timedelta(minutes=5)
 
 
 def trigger(schedule: dict, tz):
@@ -117,7 +116,8 @@ async def claim_run(gw: Gateway, worker: str) -> int | None:
         if run_id is None:
             return None
         await s.execute(update(CampaignRun).where(CampaignRun.id == run_id)
-                        .values(status="materializing", claimed_by=worker, lease_until=now + LEASE))
+                        .values(status="materializing", claimed_by=worker,
+                                lease_until=now + timedelta(seconds=gw.config.campaigns.lease_seconds)))
         await s.commit()
     return run_id
 

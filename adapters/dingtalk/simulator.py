@@ -41,6 +41,8 @@ MSG_KEYS = {
     "sampleActionCard": ("title", "text", "singleTitle", "singleURL"),
 }
 API_PATHS = ("/v1.0/", "/topapi/", "/gettoken")  # what counts against the QPS limit (and random faults)
+# set on a request the simulator failed on purpose ("qps": over the cap); RequestKey since aiohttp 3.12
+SIM_FAULT = web.RequestKey("sim_fault", str) if hasattr(web, "RequestKey") else "sim_fault"
 FAULT_KINDS = ("http429", "errcode90002", "errcode90018", "html_throttle", "http500", "timeout")
 # doc how-to-process-api-throttling-on-the-dingtalk-server: per app per API -> 90018 (oapi) /
 # Forbidden.AccessDenied.QpsLimitForAppkeyAndApi (v1.0); all apps on one API -> 90002 / ...QpsLimitForApi;
@@ -148,7 +150,7 @@ class DingTalkSimulator:
         v1 = path.startswith("/v1.0/")
         kind = self._faults.take(path) or self._random_fault(path)
         if kind:  # marked on the request, so an outer middleware can tell injected faults from real ones
-            request["sim_fault"] = kind
+            request[SIM_FAULT] = kind
             self.injected[kind] += 1
         if kind == "timeout":
             await request.read()  # buffer the body: the late handler still needs it after the client left
@@ -164,7 +166,7 @@ class DingTalkSimulator:
             while window and window[0] <= now - 1.0:
                 window.popleft()
             if len(window) >= self.qps_limit:
-                request["sim_fault"] = "qps"
+                request[SIM_FAULT] = "qps"
                 self.throttled += 1
                 return self._throttle(v1, QPS_APP)
             window.append(now)
