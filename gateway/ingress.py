@@ -17,12 +17,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, tuple_, update
 
 from gateway.adapter import Adapter, BadRequest, Unauthorized
 from gateway.batch import Batcher
 from gateway.model import Event
-from gateway.models import InboundClaim
+from gateway.models import Binding, Clerk, ClerkIdentity, InboundClaim
+from gateway.models import Identity as IdentityRow
 from gateway.router import Ctx
 from gateway.sql import insert_ignore
 
@@ -180,6 +181,7 @@ class Ingress:
                     .returning(InboundClaim.id)
                 )).scalars()
             )
+            await self._lock_clerks(s, [events for claim_id, _, events in batch if claim_id in taken])
             for claim_id, key, events in batch:
                 if claim_id not in taken:
                     continue  # another instance (or a replay) got it first
@@ -195,6 +197,22 @@ class Ingress:
             for fn in ctx.after_commit:
                 fn()
         return results
+
+    async def _lock_clerks(self, s, batches: list[list[Event]]) -> None:
+        """Clerk rows are what concurrent batches share (each relay moves the clerk's current
+        customer). Lock them up front in id order, so two batches never take them in opposite
+        orders and deadlock (PostgreSQL; SQLite has one writer anyway)."""
+        if s.bind.dialect.name != "postgresql" or not batches:
+            return
+        senders = {(e.sender.platform, e.sender.account, e.sender.external_id) for evs in batches for e in evs}
+        ids = {int(x) for p, _, x in senders if p == "workbench" and x.isdigit()}
+        peers = tuple_(IdentityRow.platform, IdentityRow.account, IdentityRow.external_id).in_(senders)
+        advisors_ = (select(Binding.clerk_id).join(IdentityRow, IdentityRow.customer_id == Binding.customer_id)
+                     .where(Binding.valid_to.is_(None), peers))
+        staff = select(ClerkIdentity.clerk_id).where(
+            tuple_(ClerkIdentity.platform, ClerkIdentity.account, ClerkIdentity.external_id).in_(senders))
+        await s.execute(select(Clerk.id).where(or_(Clerk.id.in_(advisors_), Clerk.id.in_(staff), Clerk.id.in_(ids)))
+                        .order_by(Clerk.id).with_for_update())
 
     async def _failed(self, claim_id: int, exc: Exception) -> None:
         try:
