@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test demo bench lint clean browser-deps
+.PHONY: run test demo bench chaos lint clean browser-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,16 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingress.py
+	$(BIN)/python bench/inbound.py --platform all
+	$(BIN)/python bench/inbound.py --platform all --db postgres --rate 1000 --seconds 10
+	$(BIN)/python bench/instances.py
 	$(BIN)/python bench/campaign.py
 	$(BIN)/python bench/report.py
+
+# Fault trials on the local PostgreSQL (kill -9, DingTalk faults, PostgreSQL restarts; needs root for
+# the last); `.venv/bin/python -m chaos --help` for quick runs.
+chaos: $(VENV)/.installed-dev
+	$(BIN)/python -m chaos
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check gateway adapters bots tests bench

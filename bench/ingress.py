@@ -24,295 +24,67 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import os
-import platform
 import re
 import secrets
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp  # noqa: E402
-from aiohttp import web  # noqa: E402
+from common import (  # noqa: E402
+    BASELINE_ROUNDS,
+    TEXT,
+    WARMUP,
+    Backlog,
+    BareShape,
+    BenchError,
+    Database,
+    HubCounter,
+    Profile,
+    Stats,
+    drive,
+    e2e_stats,
+    machine,
+    make_world,
+    outbox_idle,
+    quiet_logging,
+    run_baseline,
+    serve,
+)
 from sqlalchemy import func, select  # noqa: E402
 
 from adapters.webchat.simulator import BrandApp  # noqa: E402
-from gateway import advisors  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.config import build_config  # noqa: E402
-from gateway.db import session_factory, upgrade  # noqa: E402
-from gateway.models import Clerk, Outbox, Store  # noqa: E402
+from gateway.models import Outbox  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
 from gateway.serve import SWITCH_INTERVAL  # noqa: E402
-from gateway.tokens import create_token  # noqa: E402
 
 AIM = 0.25
-WARMUP = 200
-BASELINE_ROUNDS = 3
 E2E_TIMEOUT = 120.0
-PG_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-TEXT = "这款包有红色吗？周末想去店里看看"
-_SEQ = re.compile(r"】([mw])(\d+) ")
-
-
-class BenchError(Exception):
-    pass
-
-
-@dataclass
-class Stats:
-    n: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    errors: int = 0
-
-    @property
-    def rate(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else 0.0
-
-    def as_dict(self) -> dict:
-        d = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
-        return {**d, "msgs_per_s": round(self.rate, 1)}
-
-
-def _pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
-    return s[k]
-
-
-@dataclass
-class Load:
-    """What one load run saw: per request latency, start/end times and failures."""
-
-    started: float = 0.0
-    finished: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    sent_at: dict[int, float] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-    def stats(self) -> Stats:
-        lat = [x * 1000 for x in self.latencies]
-        return Stats(len(self.latencies), self.finished - self.started, _pct(lat, 50), _pct(lat, 99),
-                     len(self.errors))
-
-
-async def drive(http: aiohttp.ClientSession, request_for, n: int, concurrency: int, *, tag: str = "m") -> Load:
-    """C workers share a counter and post N messages in all; `request_for(seq, tag)` → (url, headers, body)."""
-    load = Load()
-    counter = iter(range(n))
-
-    async def worker() -> None:
-        for seq in counter:
-            url, headers, body = request_for(seq, tag)
-            t0 = time.perf_counter()
-            load.sent_at[seq] = t0
-            try:
-                async with http.post(url, json=body, headers=headers) as resp:
-                    await resp.read()
-                    status = resp.status
-            except aiohttp.ClientError as e:
-                load.errors.append(f"{type(e).__name__}: {e}")
-                continue
-            load.latencies.append(time.perf_counter() - t0)
-            if status != 202:
-                load.errors.append(f"HTTP {status}")
-
-    load.started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    load.finished = time.perf_counter()
-    return load
+_SEQ = re.compile(r"^【[^】]*】([mw])(\d+) ")
 
 
 def message_body(seq: int, tag: str) -> dict:
     return {"text": f"{tag}{seq} {TEXT}", "client_msg_id": f"{tag}-{seq}-{uuid.uuid4().hex[:12]}"}
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}"
-
-
-# -- baseline -------------------------------------------------------------------------------------
-
-
-async def bare_handler(request: web.Request) -> web.Response:
-    body = await request.json()
-    return web.json_response({"client_msg_id": body.get("client_msg_id"), "duplicate": False,
-                              "status": "accepted"}, status=202)
-
-
-async def run_baseline(args) -> Stats:
-    app = web.Application()
-    app.router.add_post("/webchat/x/messages", bare_handler)
-    runner, server = await serve(app)
-    url = f"{server}/webchat/x/messages"
+async def run_baseline_webchat(args) -> Stats:
     headers = {"Authorization": "Bearer " + "x" * 120}  # about the size of a webchat session token
 
-    def request_for(seq: int, tag: str):
-        return url, headers, message_body(seq, tag)
+    def requests_for(server: str):
+        url = f"{server}/webchat/x/messages"
+        return lambda seq, tag: (url, headers, message_body(seq, tag))
 
-    rounds: list[Stats] = []
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as http:
-            await drive(http, request_for, WARMUP, args.concurrency, tag="w")
-            for _ in range(BASELINE_ROUNDS):  # a round takes well under a second: take the median of a few
-                load = await drive(http, request_for, args.messages, args.concurrency)
-                if load.errors:
-                    raise BenchError(f"baseline: {len(load.errors)} failed requests, first: {load.errors[0]}")
-                rounds.append(load.stats())
-    finally:
-        await runner.cleanup()
-    return sorted(rounds, key=lambda st: st.rate)[len(rounds) // 2]
+    return await run_baseline(BareShape(202, echo_json=True), requests_for, messages=args.messages,
+                              concurrency=args.concurrency)
 
 
 # -- gateway --------------------------------------------------------------------------------------
-
-
-def _pg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
-class Database:
-    """A temporary SQLite file, or a fresh PostgreSQL database dropped at the end."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.url = ""
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        self._pg_name: str | None = None
-        self._pg_admin = os.environ.get("TEST_PG_URL", PG_DEFAULT)
-
-    async def _pg(self, sql: str) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(_pg_dsn(self._pg_admin), timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    async def __aenter__(self) -> str:
-        if self.kind == "sqlite":
-            self._tmp = tempfile.TemporaryDirectory(prefix="gw-bench-")
-            self.url = f"sqlite+aiosqlite:///{Path(self._tmp.name) / 'bench.db'}"
-        else:
-            self._pg_name = f"gw_bench_{uuid.uuid4().hex[:10]}"
-            try:
-                await self._pg(f'CREATE DATABASE "{self._pg_name}"')
-            except Exception as e:
-                raise BenchError(f"PostgreSQL at {self._pg_admin} is not usable: {type(e).__name__}: {e}") from e
-            self.url = self._pg_admin.rsplit("/", 1)[0] + f"/{self._pg_name}"
-        await upgrade(self.url)
-        return self.url
-
-    async def __aexit__(self, *exc) -> None:
-        if self._pg_name:
-            await self._pg(f'DROP DATABASE IF EXISTS "{self._pg_name}" WITH (FORCE)')
-        if self._tmp:
-            self._tmp.cleanup()
-
-
-async def make_world(gw: Gateway) -> tuple[int, str]:
-    """A store, a clerk, an invite (like tests.conftest.make_world). Returns (clerk id, invite code)."""
-    async with session_factory(gw.engine)() as s:
-        store = Store(name="静安店", city="上海")
-        s.add(store)
-        await s.flush()
-        clerk = Clerk(name="林小雨", display_name="小林", store_id=store.id)
-        s.add(clerk)
-        await s.flush()
-        await create_token(s, "clerk", clerk_id=clerk.id)
-        invite = await advisors.create_invite(s, clerk.id, source="counter")
-        await s.commit()
-        return clerk.id, invite.code
-
-
-async def outbox_idle(gw: Gateway, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with gw.db() as s:
-            busy = (await s.execute(select(func.count()).select_from(Outbox)
-                                    .where(Outbox.status.in_(("pending", "sending"))))).scalar()
-        if not busy:
-            return
-        await asyncio.sleep(0.05)
-    raise BenchError("the outbox did not drain the setup messages")
-
-
-class RelayCounter:
-    """Plays the clerk's open workbench: counts relays on the hub and stamps when each arrived."""
-
-    def __init__(self, gw: Gateway, clerk_id: int):
-        self.gw, self.key = gw, ("workbench", str(clerk_id))
-        self.queue = gw.hub().subscribe(*self.key)
-        self.arrived: dict[str, dict[int, float]] = {"m": {}, "w": {}}
-        self.other = 0
-        self._events: dict[str, tuple[int, asyncio.Event]] = {}
-        self._task = asyncio.create_task(self._pump())
-
-    async def _pump(self) -> None:
-        while True:
-            item = await self.queue.get()
-            now = time.perf_counter()
-            m = _SEQ.search(item.get("text") or "")
-            if not m or not item["text"].startswith("【"):
-                self.other += 1
-                continue
-            got = self.arrived[m.group(1)]
-            got.setdefault(int(m.group(2)), now)
-            want = self._events.get(m.group(1))
-            if want and len(got) >= want[0]:
-                want[1].set()
-
-    async def wait(self, tag: str, n: int, timeout: float) -> None:
-        ev = asyncio.Event()
-        self._events[tag] = (n, ev)
-        if len(self.arrived[tag]) >= n:
-            return
-        try:
-            await asyncio.wait_for(ev.wait(), timeout)
-        except TimeoutError:
-            raise BenchError(f"only {len(self.arrived[tag])} of {n} relays reached the workbench "
-                             f"within {timeout:.0f} s") from None
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self.gw.hub().unsubscribe(*self.key, self.queue)
-
-
-class Backlog:
-    """Samples how many acknowledged claims are waiting to be processed (the ingress work queue)."""
-
-    def __init__(self, gw: Gateway, every: float = 0.05):
-        self.peak = 0
-        self._task = asyncio.create_task(self._sample(gw, every))
-
-    async def _sample(self, gw: Gateway, every: float) -> None:
-        while True:
-            self.peak = max(self.peak, gw.ingress._work.qsize())
-            await asyncio.sleep(every)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def run_gateway(args, url: str) -> dict:
@@ -327,10 +99,10 @@ async def run_gateway(args, url: str) -> dict:
     await gw.start()
     runner, server = await serve(create_app(gw, manage_lifecycle=False))
     cfg.server.public_url = server
-    relays: RelayCounter | None = None
+    relays: HubCounter | None = None
     try:
         clerk_id, invite = await make_world(gw)
-        relays = RelayCounter(gw, clerk_id)
+        relays = HubCounter(gw.hub(), [("workbench", str(clerk_id))], _SEQ)
         async with aiohttp.ClientSession() as setup:
             brand = BrandApp(setup, server, "webchat", secret)
             customers = []
@@ -351,31 +123,21 @@ async def run_gateway(args, url: str) -> dict:
             warm = await drive(http, request_for, WARMUP, args.concurrency, tag="w")
             if warm.errors:
                 raise BenchError(f"gateway warm-up: {len(warm.errors)} failed, first: {warm.errors[0]}")
-            await relays.wait("w", WARMUP, E2E_TIMEOUT)
+            await relays.wait("w", WARMUP, E2E_TIMEOUT, "the workbench")
             await outbox_idle(gw)
 
-            profiler = None
-            if args.profile:
-                import cProfile
-
-                profiler = cProfile.Profile()
-                profiler.enable()
-            backlog = Backlog(gw)
-            load = await drive(http, request_for, args.messages, args.concurrency)
-            relayed_at_last_ack = len(relays.arrived["m"])
-            await backlog.close()
-            if load.errors:
-                raise BenchError(f"gateway: {len(load.errors)} failed requests, first: {load.errors[0]}")
-            await relays.wait("m", args.messages, E2E_TIMEOUT)
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(args.profile)
+            with Profile(args.profile):
+                backlog = Backlog(gw)
+                load = await drive(http, request_for, args.messages, args.concurrency)
+                relayed_at_last_ack = len(relays.arrived["m"])
+                await backlog.close()
+                if load.errors:
+                    raise BenchError(f"gateway: {len(load.errors)} failed requests, first: {load.errors[0]}")
+                await relays.wait("m", args.messages, E2E_TIMEOUT, "the workbench")
 
         await outbox_idle(gw)  # the relays are out; let the outbox record them before checking
         drained = time.perf_counter() - load.started
-        arrived = relays.arrived["m"]
-        e2e_lat = [(arrived[i] - load.sent_at[i]) * 1000 for i in range(args.messages)]
-        e2e = Stats(args.messages, max(arrived.values()) - load.started, _pct(e2e_lat, 50), _pct(e2e_lat, 99))
+        e2e = e2e_stats(load, relays.arrived["m"], args.messages)
         async with gw.db() as s:
             sent = (await s.execute(select(func.count()).select_from(Outbox)
                                     .where(Outbox.kind == "relay", Outbox.status == "sent"))).scalar()
@@ -394,24 +156,6 @@ async def run_gateway(args, url: str) -> dict:
 # -- report ---------------------------------------------------------------------------------------
 
 
-def machine() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    import sqlalchemy
-
-    return {
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "aiohttp": aiohttp.__version__,
-        "sqlalchemy": sqlalchemy.__version__,
-        "commit": commit,
-    }
-
-
 def table(result: dict) -> str:
     base, ack, e2e = result["baseline"], result["gateway_ack"], result["gateway_e2e"]
     rows = [
@@ -427,7 +171,7 @@ def table(result: dict) -> str:
 
 
 async def main_async(args) -> dict:
-    base = await run_baseline(args)
+    base = await run_baseline_webchat(args)
     async with Database(args.db) as url:
         gw = await run_gateway(args, url)
     ack_ratio = gw["ack"].rate / base.rate
@@ -437,7 +181,7 @@ async def main_async(args) -> dict:
         "messages": args.messages,
         "concurrency": args.concurrency,
         "customers": args.customers,
-        "machine": machine(),
+        "machine": await machine(),
         "baseline": base.as_dict(),
         "gateway_ack": gw["ack"].as_dict(),
         "gateway_e2e": gw["e2e"].as_dict(),
@@ -468,10 +212,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("aiohttp.access", "gateway", "sqlalchemy", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.access").setLevel(logging.ERROR)
+    digest = quiet_logging()
     started = time.monotonic()
     try:
         sys.setswitchinterval(SWITCH_INTERVAL)  # as `gateway serve` does
@@ -480,6 +221,7 @@ def main(argv=None) -> int:
         print(f"BENCH FAILED: {e}", file=sys.stderr)
         return 1
     result["wall_s"] = round(time.monotonic() - started, 1)
+    result["gateway_log"] = digest.summary()
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return 0
@@ -496,6 +238,8 @@ def main(argv=None) -> int:
     verdict = "MET" if result["aim_met"] else "NOT MET"
     print(f"aim (end to end ≥ {AIM:.0%} of the bare handler): {verdict} — "
           f"{result['e2e_ratio'] * 100:.1f} % (ack {result['ack_ratio'] * 100:.1f} %)")
+    for line in digest.lines():
+        print(line)
     print(f"wall time {result['wall_s']} s")
     return 0
 
