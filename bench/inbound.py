@@ -555,11 +555,11 @@ def report(result: dict, args) -> str:
     lines = []
     if args.rate:
         lines.append(f"Advisor Gateway inbound benchmark — fixed rate {args.rate:g} msgs/s for {args.seconds:g} s "
-                     f"({result['messages']} messages, open loop), {args.customers} customers of {args.clerks} clerks, "
+                     f"({result['messages']} messages, open loop), {args.customers} customers of {args.clerks} clerk{'s' if args.clerks != 1 else ''}, "
                      f"{args.db}")
     else:
         lines.append(f"Advisor Gateway inbound benchmark — {args.messages} messages, concurrency {args.concurrency}, "
-                     f"{args.customers} customers of {args.clerks} clerks, {args.db}")
+                     f"{args.customers} customers of {args.clerks} clerk{'s' if args.clerks != 1 else ''}, {args.db}")
     lines[-1] += ("; load generated in a separate process" if args.generator == "process"
                   else "; load generated in this process (shares the gateway's event loop)")
     lines += [machine_line(m), ""]

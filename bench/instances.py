@@ -415,7 +415,7 @@ def table(result: dict) -> str:
 def report(result: dict, args) -> str:
     mode = (f"fixed rate {args.rate:g} msgs/s for {args.seconds:g} s (open loop)" if args.rate
             else f"{args.messages} messages, concurrency {args.concurrency}")
-    lines = [f"Advisor Gateway instances benchmark — {mode}, {args.customers} customers of {args.clerks} clerks, "
+    lines = [f"Advisor Gateway instances benchmark — {mode}, {args.customers} customers of {args.clerks} clerk{'s' if args.clerks != 1 else ''}, "
              f"PostgreSQL; webchat → workbench, the clerks' sockets on instance 1",
              machine_line(result["machine"]), "", table(result), ""]
     for key in ("1", "2"):
