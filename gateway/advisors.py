@@ -95,9 +95,15 @@ async def open_binding(session, customer_id: int) -> tuple[Binding, Clerk] | Non
     return (await session.exec(q)).first()
 
 
+def workbench_clerk_id(platform: str, external_id: str) -> int | None:
+    """The workbench's user id is the clerk id (it has no ClerkIdentity rows)."""
+    return int(external_id) if platform == "workbench" and external_id.isdigit() else None
+
+
 async def clerk_by_identity(session, ident: Identity) -> Clerk | None:
-    if ident.platform == "workbench":  # the workbench's user id is the clerk id
-        return await session.get(Clerk, int(ident.external_id)) if ident.external_id.isdigit() else None
+    if ident.platform == "workbench":
+        cid = workbench_clerk_id(ident.platform, ident.external_id)
+        return await session.get(Clerk, cid) if cid is not None else None
     q = select(Clerk).join(ClerkIdentity, ClerkIdentity.clerk_id == Clerk.id).where(
         ClerkIdentity.platform == ident.platform,
         ClerkIdentity.account == ident.account,

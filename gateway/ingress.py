@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from sqlalchemy import delete, or_, select, tuple_, update
 
+from gateway import advisors
 from gateway.adapter import Adapter, BadRequest, Unauthorized
 from gateway.batch import Batcher
 from gateway.model import Event
@@ -205,7 +206,7 @@ class Ingress:
         if s.bind.dialect.name != "postgresql" or not batches:
             return
         senders = {(e.sender.platform, e.sender.account, e.sender.external_id) for evs in batches for e in evs}
-        ids = {int(x) for p, _, x in senders if p == "workbench" and x.isdigit()}
+        ids = {cid for p, _, x in senders if (cid := advisors.workbench_clerk_id(p, x)) is not None}
         peers = tuple_(IdentityRow.platform, IdentityRow.account, IdentityRow.external_id).in_(senders)
         advisors_ = (select(Binding.clerk_id).join(IdentityRow, IdentityRow.customer_id == Binding.customer_id)
                      .where(Binding.valid_to.is_(None), peers))
