@@ -49,7 +49,7 @@ async def build(sim, clock, aiohttp_server, aiohttp_client, db_url, policies=Non
                "encoding_aes_key": AES_KEY, "api_base": base, "qr_base": base, "timeout": 2, **acc}
     cfg = make_config(db_url, accounts=[{"name": "workbench", "platform": "workbench"}, account,
                                         {"name": "webchat", "platform": "webchat", "secret": WEBCHAT_SECRET}],
-                      outbox={"poll_interval": 0.05, "backoff_base": 0.05}, policies=policies or {})
+                      outbox={"poll_interval": 0.05, "backoff_base": 0.05}, policies={"quiet_hours": None, **(policies or {})})  # pushes at any hour of the run
     gw = Gateway(cfg, clock=clock)
     client = await aiohttp_client(create_app(gw))
     gw.config.server.public_url = str(client.make_url("")).rstrip("/")

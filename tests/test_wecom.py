@@ -57,7 +57,7 @@ async def build(sim, aiohttp_server, aiohttp_client, db_url, *, policies=None, *
     server = await aiohttp_server(sim.app())
     cfg = make_config(db_url, accounts=[account(str(server.make_url("")).rstrip("/"), **acc),
                                         {"name": "webchat", "platform": "webchat", "secret": WEBCHAT_SECRET}],
-                      outbox={"poll_interval": 0.05, "backoff_base": 0.05}, policies=policies or {})
+                      outbox={"poll_interval": 0.05, "backoff_base": 0.05}, policies={"quiet_hours": None, **(policies or {})})  # pushes at any hour of the run
     gw = Gateway(cfg)
     client = await aiohttp_client(create_app(gw))
     gw.config.server.public_url = str(client.make_url("")).rstrip("/")
