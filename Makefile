@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test demo bench chaos lint clean browser-deps
+.PHONY: run test demo bench chaos lint clean browser-deps wheel
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,5 +50,9 @@ chaos: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check gateway adapters bots tests bench
 
+# A release: the wheel users install (`pip install dist/advisor_gateway-*.whl`).
+wheel: $(VENV)/.installed
+	$(BIN)/pip wheel -q --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
