@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from gateway import advisors, campaigns, reports
+from gateway import advisors, campaigns, focus, reports
 from gateway.model import Message, Segment
 from gateway.models import Invite
 from gateway.router import Ctx, Router, text_match
@@ -39,11 +39,12 @@ async def customers(ctx: Ctx):
         await ctx.reply("您还没有绑定的顾客。发送 /qr 获取您的专属邀请码。 No customers yet: send /qr.")
         return
     tz = ctx.gw.tz
+    current = await focus.current(s, clerk.id)
     lines = []
     for customer, n, at in rows:
         n = n or await advisors.handle_for(s, clerk.id, customer.id)
         when = at.astimezone(tz).strftime("%m-%d %H:%M") if at else "—"
-        mark = " ←" if customer.id == clerk.current_customer_id else ""
+        mark = " ←" if customer.id == current else ""
         tags = f" [{' '.join(customer.tags)}]" if customer.tags else ""
         lines.append(f"#{n} {advisors.customer_name(customer)}{tags} · {when}{mark}")
     await ctx.reply("我的顾客 My customers:\n" + "\n".join(lines))

@@ -15,7 +15,7 @@ from gateway.model import Identity, Target
 from gateway.models import Binding, Clerk, ClerkIdentity, Customer, Handle, Invite, QueueEntry
 from gateway.models import Identity as IdentityRow
 
-_SEEN_RESOLUTION = timedelta(minutes=1)
+SEEN_RESOLUTION = timedelta(minutes=1)
 _INVITE_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o/1/l/i: read aloud in a store
 
 
@@ -47,7 +47,7 @@ async def resolve_customer(session, ident: Identity, profile: dict, now: datetim
     name = profile.get("name")
     if row is not None:
         identity, customer = row
-        if identity.last_seen_at is None or now - identity.last_seen_at > _SEEN_RESOLUTION:
+        if identity.last_seen_at is None or now - identity.last_seen_at > SEEN_RESOLUTION:
             identity.last_seen_at = now  # minute resolution: not a write on every message
         if profile and any((identity.profile or {}).get(k) != v for k, v in profile.items()):
             identity.profile = {**(identity.profile or {}), **profile}
@@ -112,23 +112,27 @@ async def clerk_by_identity(session, ident: Identity) -> Clerk | None:
     return (await session.exec(q)).first()
 
 
-async def clerk_target(session, clerk: Clerk, clerk_accounts: dict[str, str]) -> Target | None:
-    """Where to reach a clerk: the work IM they last used, else their first identity, else the workbench.
-
-    clerk_accounts maps configured clerk-side account names to their platform.
-    """
-    rows = (await session.exec(select(ClerkIdentity).where(ClerkIdentity.clerk_id == clerk.id))).all()
-    by_account = {r.account: r for r in rows if r.account in clerk_accounts}
+def pick_clerk_target(clerk_id: int, last_work_account: str | None, work_ids: list[Identity],
+                      clerk_accounts: dict[str, str]) -> Target | None:
+    """Where to reach a clerk: the work IM they last used, else their first identity, else the
+    workbench. `work_ids` are the clerk's work-IM identities, oldest first; `clerk_accounts` maps
+    the configured clerk-side account names to their platform."""
+    by_account = {i.account: i for i in work_ids if i.account in clerk_accounts}
     workbench = [a for a, p in clerk_accounts.items() if p == "workbench"]
-    order = [clerk.last_work_account] if clerk.last_work_account else []
-    order += [r.account for r in rows] + workbench
+    order = ([last_work_account] if last_work_account else []) + [i.account for i in work_ids] + workbench
     for account in order:
         if account in by_account:
-            r = by_account[account]
-            return Target(Identity(r.platform, r.account, r.external_id), clerk_id=clerk.id)
+            return Target(by_account[account], clerk_id=clerk_id)
         if account in workbench:
-            return Target(Identity("workbench", account, str(clerk.id)), clerk_id=clerk.id)
+            return Target(Identity("workbench", account, str(clerk_id)), clerk_id=clerk_id)
     return None
+
+
+async def clerk_target(session, clerk: Clerk, clerk_accounts: dict[str, str]) -> Target | None:
+    rows = (await session.exec(select(ClerkIdentity).where(ClerkIdentity.clerk_id == clerk.id)
+                               .order_by(ClerkIdentity.id))).all()
+    return pick_clerk_target(clerk.id, clerk.last_work_account,
+                             [Identity(r.platform, r.account, r.external_id) for r in rows], clerk_accounts)
 
 
 async def customer_target(session, customer: Customer, clerk: Clerk | None = None) -> Target | None:
@@ -143,17 +147,22 @@ async def customer_target(session, customer: Customer, clerk: Clerk | None = Non
     return await target_for(session, customer, ident, clerk) if ident is not None else None
 
 
-async def target_for(session, customer: Customer, ident: IdentityRow, clerk: Clerk | None = None) -> Target:
+def customer_target_on(customer_id: int, ident: Identity, clerk_id: int | None,
+                       advisor_work_ids: list[Identity] = ()) -> Target:
     """A target on one of the customer's identities. With the advisor given, their id on that same
     account rides along as the `advisor` hint (WeCom sends to a contact as a member)."""
-    hints = {}
+    own = next((w.external_id for w in advisor_work_ids if w.account == ident.account), None)
+    return Target(ident, customer_id=customer_id, clerk_id=clerk_id, hints={"advisor": own} if own else {})
+
+
+async def target_for(session, customer: Customer, ident: IdentityRow, clerk: Clerk | None = None) -> Target:
+    work_ids = []
     if clerk is not None:
-        own = (await session.exec(select(ClerkIdentity.external_id).where(
-            ClerkIdentity.clerk_id == clerk.id, ClerkIdentity.account == ident.account))).first()
-        if own:
-            hints["advisor"] = own
-    return Target(Identity(ident.platform, ident.account, ident.external_id), customer_id=customer.id,
-                  clerk_id=clerk.id if clerk else None, hints=hints)
+        work_ids = [Identity(r.platform, r.account, r.external_id) for r in (await session.exec(
+            select(ClerkIdentity).where(ClerkIdentity.clerk_id == clerk.id, ClerkIdentity.account == ident.account)
+        )).all()]
+    return customer_target_on(customer.id, Identity(ident.platform, ident.account, ident.external_id),
+                              clerk.id if clerk else None, work_ids)
 
 
 async def handle_for(session, clerk_id: int, customer_id: int) -> int:
@@ -304,7 +313,7 @@ async def merge_customers(session, keep: Customer, gone: Customer, now: datetime
     moves to `keep` — identities, messages, interactions, bindings — so both histories read as one.
     The advisor who served first stays; the other open binding ends now with reason "merged"."""
     from gateway.interactions import log_interaction
-    from gateway.models import ChatMessage, Interaction, Outbox, Transfer
+    from gateway.models import ChatMessage, ClerkFocus, Interaction, Outbox, Transfer
 
     kb, gb = await open_binding(session, keep.id), await open_binding(session, gone.id)
     if kb and gb:
@@ -319,7 +328,8 @@ async def merge_customers(session, keep: Customer, gone: Customer, now: datetime
                                                        QueueEntry.resolved_at.is_(None)).values(resolved_at=now))
     for model in (IdentityRow, Binding, Handle, QueueEntry, ChatMessage, Interaction, Outbox, Transfer):
         await session.execute(update(model).where(model.customer_id == gone.id).values(customer_id=keep.id))
-    await session.execute(update(Clerk).where(Clerk.current_customer_id == gone.id).values(current_customer_id=keep.id))
+    for col in (ClerkFocus.customer_id, ClerkFocus.previous_customer_id):
+        await session.execute(update(ClerkFocus).where(col == gone.id).values({col.key: keep.id}))
     keep.name = keep.name or gone.name
     keep.phone_hash = keep.phone_hash or gone.phone_hash
     keep.store_id = keep.store_id or gone.store_id

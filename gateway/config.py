@@ -81,7 +81,7 @@ class IngressConfig(_Section):
     claim_retention_hours: int = Field(24, ge=1)
     replay_after_seconds: float = Field(30.0, gt=0)
     workers: int | None = Field(None, ge=1, le=64)  # claim processors; None: 1 on SQLite, 4 on PostgreSQL
-    batch: int = Field(20, ge=1, le=1000)  # claims applied in one transaction (SQLite: it holds the write lock)
+    batch: int = Field(200, ge=1, le=1000)  # most claims applied in one transaction (set-wise)
 
 
 class MaxPushes(_Section):
@@ -103,6 +103,12 @@ class Policies(_Section):
     escalate_after_minutes: int | None = Field(30, ge=1)  # ... and then the store manager
     offhours_reply: bool = True  # outside the store's opening hours, say when the advisor is back
     phone_hash_key: str | None = None  # keys the phone hash; needed to record customers' phones
+    # Bare text from a clerk is held and the clerk asked "发给谁？" when a relay switched their current
+    # customer to another one less than this many seconds before (0: never ask).
+    reply_guard_seconds: float = Field(8.0, ge=0, le=600)
+    # A customer's messages relayed to their advisor per minute; the excess is kept, not relayed,
+    # and the customer and the clerk are told once (null: no limit).
+    customer_messages_per_minute: int | None = Field(30, ge=1)
 
     @field_validator("quiet_hours")
     @classmethod

@@ -17,16 +17,16 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from sqlalchemy import delete, or_, select, tuple_, update
+from sqlalchemy import delete, select, update
 
-from gateway import advisors
 from gateway.adapter import Adapter, BadRequest, Unauthorized
 from gateway.batch import Batcher
+from gateway.lookups import Lookups
 from gateway.model import Event
-from gateway.models import Binding, Clerk, ClerkIdentity, InboundClaim
-from gateway.models import Identity as IdentityRow
+from gateway.models import InboundClaim
 from gateway.router import Ctx
 from gateway.sql import insert_ignore
+from gateway.writes import Writes
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -65,6 +65,7 @@ class Ingress:
         self.batch = cfg.batch
         self.processed = 0
         self.duplicates = 0
+        self.statements = 0  # staged statements written, for benchmarks
 
     async def handle(self, adapter: Adapter, request: web.Request) -> web.StreamResponse:
         try:
@@ -170,50 +171,39 @@ class Ingress:
 
     async def process_batch(self, batch: list[tuple[int, str, list[Event]]]) -> dict[int, list[Any]]:
         """Mark the batch's pending claims done and apply their events, in one transaction, so
-        an event is applied exactly once even when instances race. Returns results per claim."""
-        ctxs: list[Ctx] = []
+        an event is applied exactly once even when instances race. Returns results per claim.
+
+        Set-wise: the events' lookups are loaded with one query per table before any handler
+        runs, staged writes go out as one multi-row statement per table at the end (or before a
+        handler that needs the session, after which the lookups are loaded again)."""
         results: dict[int, list[Any]] = {}
+        now = self.gw.clock.now()
+        writes = Writes(self.gw.outbox)
         async with self.gw.db() as s:
             taken = set(
                 (await s.execute(
                     update(InboundClaim)
                     .where(InboundClaim.id.in_([c for c, _, _ in batch]), InboundClaim.status == "pending")
-                    .values(status="done", processed_at=self.gw.clock.now())
+                    .values(status="done", processed_at=now)
                     .returning(InboundClaim.id)
                 )).scalars()
-            )
-            await self._lock_clerks(s, [events for claim_id, _, events in batch if claim_id in taken])
-            for claim_id, key, events in batch:
-                if claim_id not in taken:
-                    continue  # another instance (or a replay) got it first
-                results[claim_id] = []
-                for event in events:
-                    ctx = Ctx(event=event, gw=self.gw, session=s, claim_key=key)
-                    results[claim_id].append(await self.gw.dispatcher.dispatch(ctx))
-                    ctxs.append(ctx)
+            )  # claims another instance (or a replay) got first are skipped
+            items = [(c, k, e) for c, k, events in batch if c in taken for e in events]
+            look = None
+            for i, (claim_id, key, event) in enumerate(items):
+                if look is None or look.stale:
+                    await writes.flush(s, now)  # what the fresh lookups must see
+                    look = await Lookups.load(s, [e for _, _, e in items[i:]], self.gw.caches)
+                ctx = Ctx(event=event, gw=self.gw, session=s, claim_key=key, look=look, writes=writes, at=now)
+                results.setdefault(claim_id, []).append(await self.gw.dispatcher.dispatch(ctx))
+                if i % 32 == 31:
+                    await asyncio.sleep(0)  # let acks through while a long batch is applied
+            await writes.flush(s, now)
             await s.commit()
         self.processed += len(results)
+        self.statements += writes.statements
         self.gw.outbox.kick()
-        for ctx in ctxs:
-            for fn in ctx.after_commit:
-                fn()
         return results
-
-    async def _lock_clerks(self, s, batches: list[list[Event]]) -> None:
-        """Clerk rows are what concurrent batches share (each relay moves the clerk's current
-        customer). Lock them up front in id order, so two batches never take them in opposite
-        orders and deadlock (PostgreSQL; SQLite has one writer anyway)."""
-        if s.bind.dialect.name != "postgresql" or not batches:
-            return
-        senders = {(e.sender.platform, e.sender.account, e.sender.external_id) for evs in batches for e in evs}
-        ids = {cid for p, _, x in senders if (cid := advisors.workbench_clerk_id(p, x)) is not None}
-        peers = tuple_(IdentityRow.platform, IdentityRow.account, IdentityRow.external_id).in_(senders)
-        advisors_ = (select(Binding.clerk_id).join(IdentityRow, IdentityRow.customer_id == Binding.customer_id)
-                     .where(Binding.valid_to.is_(None), peers))
-        staff = select(ClerkIdentity.clerk_id).where(
-            tuple_(ClerkIdentity.platform, ClerkIdentity.account, ClerkIdentity.external_id).in_(senders))
-        await s.execute(select(Clerk.id).where(or_(Clerk.id.in_(advisors_), Clerk.id.in_(staff), Clerk.id.in_(ids)))
-                        .order_by(Clerk.id).with_for_update())
 
     async def _failed(self, claim_id: int, exc: Exception) -> None:
         try:

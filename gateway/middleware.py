@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import insert
@@ -18,58 +19,109 @@ Next = Callable[[], Awaitable[Any]]
 
 
 async def resolve_parties(ctx: Ctx, nxt: Next) -> Any:
-    """Customer side: find or create the customer and load their advisor. Clerk side: the clerk."""
-    ev = ctx.event
-    s = ctx.session
+    """Customer side: the customer behind the sender and their advisor. Clerk side: the clerk.
+    Known senders come from the batch's lookups; a new one (or a changed profile, which may merge
+    two customers) is resolved in the session."""
+    ev, look = ctx.event, ctx.look
     if ev.side == "customer":
-        ctx.customer, ctx.identity = await advisors.resolve_customer(s, ev.sender, ev.profile, ctx.now())
-        if ev.payload.get("window"):  # this event opened the platform's reply window
-            _open_window(ctx, ev)
-        bound = await advisors.open_binding(s, ctx.customer.id)
-        if bound is not None:
-            ctx.binding, ctx.clerk = bound
+        ident = look.identities.get(ev.sender)
+        if ident is None or _profile_changed(ident, ev.profile):
+            await _resolve_in_session(ctx)
+        else:
+            _resolve_known(ctx, ident)
     else:
-        ctx.clerk = await advisors.clerk_by_identity(s, ev.sender)
-        if ctx.clerk is not None and ctx.clerk.last_work_account != ev.sender.account:
-            ctx.clerk.last_work_account = ev.sender.account
+        clerk_id = look.clerk_of.get(ev.sender)
+        clerk = look.clerks.get(clerk_id) if clerk_id is not None else None
+        if clerk is not None and clerk.last_work_account != ev.sender.account:
+            ctx.writes.update_clerk(clerk.id, last_work_account=ev.sender.account)
+            clerk = look.clerks[clerk.id] = replace(clerk, last_work_account=ev.sender.account)
+        ctx.clerk = clerk
     return await nxt()
 
 
-def _open_window(ctx: Ctx, ev) -> None:
-    """A message opens the long window; a follow / scan / menu tap the short one, which must not
-    cut short a long window still open (the platform keeps allowing those replies)."""
-    ident, kind = ctx.identity, ev.payload["window"]
+def _profile_changed(ident, profile: dict) -> bool:
+    if profile.get("unionid") and ident.unionid != profile["unionid"]:
+        return True
+    return bool(profile) and any((ident.profile or {}).get(k) != v for k, v in profile.items())
+
+
+def _resolve_known(ctx: Ctx, ident) -> None:
+    ev, look, now = ctx.event, ctx.look, ctx.now()
+    customer = look.customers[ident.customer_id]
+    changes = {}
+    if ident.last_seen_at is None or now - ident.last_seen_at > advisors.SEEN_RESOLUTION:
+        changes["last_seen_at"] = now  # minute resolution: not a write on every message
+    window = _window(ctx, ident) if ev.payload.get("window") else None
+    if window is not None:
+        changes["window_at"], changes["window_kind"] = window
+    if changes:
+        ident = look.set_identity(ident, **changes)
+        ctx.writes.update_identity(ident.id, **changes)
+    name = ev.profile.get("name")
+    if name and not customer.name and customer.erased_at is None:
+        customer = look.customers[customer.id] = replace(customer, name=name)
+        ctx.writes.update_customer(customer.id, name=name)
+    if customer.last_identity_id != ident.id:
+        customer = look.set_channel(customer, ident)
+        ctx.writes.update_customer(customer.id, last_identity_id=ident.id)
+    ctx.customer, ctx.identity = customer, ident
+    binding = look.bindings.get(customer.id)
+    if binding is not None:
+        ctx.binding, ctx.clerk = binding, look.clerks.get(binding.clerk_id)
+
+
+async def _resolve_in_session(ctx: Ctx) -> None:
+    ev = ctx.event
+    await ctx.materialise()
+    ctx.customer, ctx.identity = await advisors.resolve_customer(ctx.session, ev.sender, ev.profile, ctx.now())
+    if ev.payload.get("window"):
+        window = _window(ctx, ctx.identity)
+        if window is not None:
+            ctx.identity.window_at, ctx.identity.window_kind = window
+    bound = await advisors.open_binding(ctx.session, ctx.customer.id)
+    if bound is not None:
+        ctx.binding, ctx.clerk = bound
+
+
+def _window(ctx: Ctx, ident) -> tuple | None:
+    """The reply window this event opens, or None when it must not move. A message opens the long
+    window; a follow / scan / menu tap the short one, which must not cut short a long window still
+    open (the platform keeps allowing those replies); an older event arriving late changes nothing."""
+    ev, kind = ctx.event, ctx.event.payload["window"]
     if ident.window_at is not None and ev.occurred_at < ident.window_at:
-        return  # an older event arriving late
-    long_window = ctx.gw.adapters[ev.sender.account].capabilities().reply_window if ev.sender.account in \
-        ctx.gw.adapters else None
+        return None
+    adapter = ctx.gw.adapters.get(ev.sender.account)
+    long_window = adapter.capabilities().reply_window if adapter is not None else None
     if (kind != "message" and ident.window_kind == "message" and long_window is not None
             and ev.occurred_at < ident.window_at + long_window):
-        return
-    ident.window_at, ident.window_kind = ev.occurred_at, kind
+        return None
+    return ev.occurred_at, kind
 
 
 async def record_inbound(ctx: Ctx, nxt: Next) -> Any:
     """Every inbound message is stored (and logged as `message_in` on the customer side) first."""
     ev = ctx.event
     if ev.type == "message" and ev.message is not None:
-        await ctx.session.execute(
-            insert(ChatMessage).values(
-                direction="in",
-                side=ev.side,
-                platform=ev.sender.platform,
-                account=ev.sender.account,
-                peer_id=ev.sender.external_id,
-                customer_id=ctx.customer.id if ctx.customer else None,
-                clerk_id=ctx.clerk.id if ctx.clerk else None,
-                segments=[seg.to_dict() for seg in ev.message.segments],
-                text=ev.text,
-                status="received",
-                client_msg_id=ev.payload.get("client_msg_id"),
-                platform_msg_id=ev.payload.get("platform_msg_id"),
-                created_at=ev.occurred_at,
-            )
+        row = dict(
+            direction="in",
+            side=ev.side,
+            platform=ev.sender.platform,
+            account=ev.sender.account,
+            peer_id=ev.sender.external_id,
+            customer_id=ctx.customer.id if ctx.customer else None,
+            clerk_id=ctx.clerk.id if ctx.clerk else None,
+            segments=[seg.to_dict() for seg in ev.message.segments],
+            text=ev.text,
+            status="received",
+            client_msg_id=ev.payload.get("client_msg_id"),
+            platform_msg_id=ev.payload.get("platform_msg_id"),
+            created_at=ev.occurred_at,
         )
+        ctx.data["message_row"] = row  # the relay marks it held when the sender floods
+        if ctx.staged:
+            ctx.writes.message_in(row)
+        else:
+            await ctx.session.execute(insert(ChatMessage).values(**row))
         if ev.side == "customer":
             await ctx.log(
                 "message_in",

@@ -40,7 +40,6 @@ class Clerk(SQLModel, table=True):
     store_id: int = Field(foreign_key="store.id", index=True)
     role: str = Field(default="clerk", max_length=20)  # clerk | manager
     status: str = Field(default="active", max_length=20)  # active | left
-    current_customer_id: int | None = Field(default=None, foreign_key="customer.id")
     last_work_account: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts()
     left_at: datetime | None = _ts(nullable=True)
@@ -189,7 +188,8 @@ class InboundClaim(SQLModel, table=True):
 
 class Outbox(SQLModel, table=True):
     __table_args__ = (
-        sa.Index("ix_outbox_due", "status", "priority", "next_attempt_at", "id"),
+        # Each account's send lane claims its own due rows in this order (gateway/outbox.py).
+        sa.Index("ix_outbox_due", "status", "account", "priority", "next_attempt_at", "id"),
         sa.Index("ix_outbox_customer_kind", "customer_id", "kind", "created_at"),  # per-customer push caps
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -495,3 +495,39 @@ class QueueEntry(SQLModel, table=True):
     created_at: datetime = _ts()
     notified_at: datetime | None = _ts(nullable=True)  # when the customer got the "advisor coming" reply
     resolved_at: datetime | None = _ts(nullable=True)
+
+
+class ClerkFocus(SQLModel, table=True):
+    """Who a clerk is talking to, as an append-only log: the last row per clerk is the clerk's
+    current customer (bare text goes there). Appending instead of updating a column on the clerk's
+    row means no message locks a row that every other message of the clerk needs too."""
+
+    __tablename__ = "clerk_focus"
+    __table_args__ = (sa.Index("ix_clerk_focus_latest", "clerk_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    clerk_id: int = Field(foreign_key="clerk.id")
+    customer_id: int | None = None  # the current customer after this row
+    previous_customer_id: int | None = None  # the one before, when a relay moved the focus
+    kind: str = Field(max_length=8)  # shown | chosen | ask  (gateway/focus.py)
+    at: datetime = _ts()
+    held: dict | None = Field(default=None, sa_type=JSON)  # a question open: the clerk's held messages
+
+
+class RateSlot(SQLModel, table=True):
+    """An account's send pace shared by every process (GCRA: the theoretical arrival time of the
+    next call), so N instances together stay under the platform's cap."""
+
+    __tablename__ = "rate_slot"
+    account: str = Field(max_length=64, primary_key=True)
+    tat: datetime = _ts()
+
+
+class SendLog(SQLModel, table=True):
+    """Sends counted against a platform's per-recipient caps (WeCom 30 a minute per member,
+    DingTalk's daily work-notice limits), shared by every process; purged after a day."""
+
+    __tablename__ = "send_log"
+    __table_args__ = (sa.Index("ix_send_log_key", "key", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200)
+    at: datetime = _ts()

@@ -16,6 +16,7 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,6 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from gateway.adapter import Deferred, Permanent, Retryable
 from gateway.batch import Batcher
-from gateway.interactions import log_interaction
 from gateway.model import Message, Target
 from gateway.models import ChatMessage, Customer, Interaction, Outbox
 from gateway.ratelimit import TokenBucket
@@ -40,6 +40,20 @@ PUSH_KINDS = frozenset({"push"})
 # Claim order (lower first): deadlines (WeCom's 20 s welcome), then conversation, then bulk.
 PRIORITY = {"welcome": 0, "reply": 1, "relay": 1, "notice": 1, "transfer": 1, "intro": 1}  # relay: customer -> clerk
 BULK = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One send to write: where, what, its idempotency key and kind. `about_customer_id` links a
+    message to a clerk with the customer it is about (a relay), for the history and erasure."""
+
+    target: Target
+    message: Message
+    idem_key: str
+    kind: str = "reply"
+    campaign_id: int | None = None
+    about_customer_id: int | None = None
+    held: tuple[str, str] | None = None  # (code, reason): stored, not sent
 
 
 def cap_period(cap: tuple[str, int | None], now: datetime, tz) -> tuple[datetime, int]:
@@ -73,6 +87,7 @@ class OutboxWorker:
         # kind -> coroutine(session, row, error) run in the transaction that records a dead or held row
         self.on_failed: dict[str, Callable[..., Awaitable[None]]] = {}
         self.on_unreachable: Callable[..., Awaitable[None]] | None = None  # (session, row, code, error)
+        self.due: set[str] = set()  # accounts that got rows since the last kick
         self.sent = 0  # counters for tests, metrics and benchmarks
         self.failed = 0
 
@@ -88,96 +103,68 @@ class OutboxWorker:
         kind: str = "reply",
         campaign_id: int | None = None,
     ) -> int | None:
-        """Add a message to the outbox inside the caller's transaction; None if the key exists."""
+        """Add a message to the outbox inside the caller's transaction; None if the key exists.
+        A push the customer may not get now (opted out, the platform's cap) is stored as held."""
         adapter = self.gw.adapters.get(target.identity.account)
         if adapter is None:
             raise ValueError(f"no account named {target.identity.account!r} is configured")
-        now = self.gw.clock.now()
-        status, code, why = "pending", None, None
+        code = why = None
         if kind in PUSH_KINDS and target.customer_id is not None:
-            code, why = await self._push_refusal(session, adapter, target, now)
-            status = "held" if code else "pending"
-        # The message row first, so the outbox row is written once, already pointing at it.
-        msg_id = (
-            await session.execute(
-                ChatMessage.__table__.insert()
-                .values(
-                    direction="out",
-                    side=target.side,
-                    platform=target.identity.platform,
-                    account=target.identity.account,
-                    peer_id=target.identity.external_id,
-                    customer_id=target.customer_id,
-                    clerk_id=target.clerk_id,
-                    segments=[s.to_dict() for s in message.segments],
-                    text=message.plain_text,
-                    sender_name=message.sender_name,
-                    status="held" if status == "held" else "queued",
-                    created_at=now,
-                )
-                .returning(ChatMessage.id)
-            )
-        ).scalar_one()
-        res = await session.execute(
-            insert_ignore(session, Outbox, conflict=["idem_key"])
-            .values(
-                idem_key=idem_key,
-                platform=target.identity.platform,
-                account=target.identity.account,
-                target=target.to_dict(),
-                message=message.to_dict(),
-                kind=kind,
-                priority=PRIORITY.get(kind, BULK),
-                status=status,
-                error_code=code,
-                last_error=why,
-                next_attempt_at=now,
-                customer_id=target.customer_id,
-                clerk_id=target.clerk_id,
-                campaign_id=campaign_id,
-                message_id=msg_id,
-                created_at=now,
-            )
-            .returning(Outbox.id)
-        )
-        outbox_id = res.scalar()
-        if outbox_id is None:  # the key exists: this message was enqueued before
-            await session.execute(delete(ChatMessage).where(ChatMessage.id == msg_id))
-            return None
-        if kind in PUSH_KINDS:
-            await log_interaction(session, "push_held" if code else "push_queued", occurred_at=now,
-                                  customer_id=target.customer_id, clerk_id=target.clerk_id, campaign_id=campaign_id,
-                                  payload={"outbox_id": outbox_id, "channel": target.identity.platform,
-                                           **({"code": code, "reason": why} if code else {})})
-        return outbox_id
+            code, why = await self._push_refusal(session, adapter, target, self.gw.clock.now())
+        ids = await self.write_many(session, [Outgoing(target, message, idem_key, kind, campaign_id=campaign_id,
+                                                       held=(code, why) if code else None)])
+        return ids.get(idem_key)
 
     async def enqueue_many(self, session, items: list[tuple[Target, Message, str]], *, kind: str,
                            campaign_id: int | None = None, not_before: datetime | None = None) -> list[int]:
-        """Bulk enqueue for campaign runs: policies were decided by the caller for the whole batch,
-        so this is three multi-row INSERTs (messages, outbox rows, interactions), not 3 × N."""
+        """Bulk enqueue for campaign runs: policies were decided by the caller for the whole batch."""
+        ids = await self.write_many(session, [Outgoing(t, m, key, kind, campaign_id=campaign_id) for t, m, key in items],
+                                    not_before=not_before)
+        return [ids[key] for _, _, key in items if key in ids]
+
+    async def write_many(self, session, items: list[Outgoing], *, not_before: datetime | None = None) -> dict[str, int]:
+        """The outbox's one writer: message rows and outbox rows for any number of sends, one
+        multi-row INSERT each, in the order given (a peer's messages are sent in id order). An
+        idempotency key seen before (or twice in `items`) is skipped. Returns key → outbox id."""
+        seen: set[str] = set()
+        items = [i for i in items if not (i.idem_key in seen or seen.add(i.idem_key))]
         if not items:
-            return []
+            return {}
+        for i in items:
+            if i.target.identity.account not in self.gw.adapters:
+                raise ValueError(f"no account named {i.target.identity.account!r} is configured")
         now = self.gw.clock.now()
-        msg = ChatMessage.__table__
+        msg, ob = ChatMessage.__table__, Outbox.__table__
         msg_ids = (await session.execute(
             msg.insert().returning(msg.c.id, sort_by_parameter_order=True),
-            [{"direction": "out", "side": t.side, "platform": t.identity.platform, "account": t.identity.account,
-              "peer_id": t.identity.external_id, "customer_id": t.customer_id, "clerk_id": t.clerk_id,
-              "segments": [sg.to_dict() for sg in m.segments], "text": m.plain_text, "sender_name": m.sender_name,
-              "status": "queued", "created_at": now} for t, m, _ in items])).scalars().all()
-        ob = Outbox.__table__
-        ids = (await session.execute(
-            ob.insert().returning(ob.c.id, sort_by_parameter_order=True),
-            [{"idem_key": key, "platform": t.identity.platform, "account": t.identity.account, "target": t.to_dict(),
-              "message": m.to_dict(), "kind": kind, "priority": PRIORITY.get(kind, BULK), "status": "pending",
-              "attempts": 0, "next_attempt_at": not_before or now, "customer_id": t.customer_id,
-              "clerk_id": t.clerk_id, "campaign_id": campaign_id, "message_id": mid, "created_at": now}
-             for (t, m, key), mid in zip(items, msg_ids, strict=True)])).scalars().all()
-        await session.execute(insert(Interaction.__table__), [
-            {"type": "push_queued", "occurred_at": now, "customer_id": t.customer_id, "clerk_id": t.clerk_id,
-             "store_id": None, "campaign_id": campaign_id, "payload": {"outbox_id": oid, "channel": t.identity.platform}}
-            for (t, _, _), oid in zip(items, ids, strict=True)])
-        return list(ids)
+            [{"direction": "out", "side": i.target.side, "platform": i.target.identity.platform,
+              "account": i.target.identity.account, "peer_id": i.target.identity.external_id,
+              "customer_id": i.target.customer_id if i.about_customer_id is None else i.about_customer_id,
+              "clerk_id": i.target.clerk_id, "segments": [sg.to_dict() for sg in i.message.segments],
+              "text": i.message.plain_text, "sender_name": i.message.sender_name,
+              "status": "held" if i.held else "queued", "created_at": now} for i in items])).scalars().all()
+        rows = [{"idem_key": i.idem_key, "platform": i.target.identity.platform, "account": i.target.identity.account,
+                 "target": i.target.to_dict(), "message": i.message.to_dict(), "kind": i.kind,
+                 "priority": PRIORITY.get(i.kind, BULK), "status": "held" if i.held else "pending",
+                 "error_code": i.held[0] if i.held else None, "last_error": i.held[1] if i.held else None,
+                 "attempts": 0, "next_attempt_at": not_before or now, "customer_id": i.target.customer_id,
+                 "clerk_id": i.target.clerk_id, "campaign_id": i.campaign_id, "message_id": mid, "created_at": now}
+                for i, mid in zip(items, msg_ids, strict=True)]
+        ids = dict((await session.execute(
+            insert_ignore(session, Outbox, conflict=["idem_key"]).returning(ob.c.idem_key, ob.c.id), rows)).all())
+        if len(ids) < len(items):  # keys enqueued before: their message rows go too
+            await session.execute(delete(msg).where(msg.c.id.in_(
+                [mid for i, mid in zip(items, msg_ids, strict=True) if i.idem_key not in ids])))
+        pushes = [{"type": "push_held" if i.held else "push_queued", "occurred_at": now,
+                   "customer_id": i.target.customer_id, "clerk_id": i.target.clerk_id, "store_id": None,
+                   "campaign_id": i.campaign_id,
+                   "payload": {"outbox_id": ids[i.idem_key], "channel": i.target.identity.platform,
+                               **({"code": i.held[0], "reason": i.held[1]} if i.held else {})}}
+                  for i in items if i.kind in PUSH_KINDS and i.idem_key in ids]
+        if pushes:
+            await session.execute(insert(Interaction.__table__), pushes)
+        self.due.update(i.target.identity.account for i in items if i.idem_key in ids and not i.held)
+        return ids
 
     async def _push_refusal(self, session, adapter, target: Target, now) -> tuple[str | None, str | None]:
         """Why a push may not go to this customer now: opted out, or the platform's per-customer cap."""

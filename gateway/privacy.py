@@ -17,7 +17,6 @@ from gateway.models import (
     AdvisorRequest,
     Binding,
     ChatMessage,
-    Clerk,
     Conversation,
     Customer,
     Interaction,
@@ -95,7 +94,6 @@ async def erase(session, customer: Customer, now: datetime, by: str) -> dict:
                           .values(resolved_at=now))
     await session.execute(update(Conversation).where(Conversation.customer_id == cid,
                                                      Conversation.first_reply_at.is_(None)).values(first_reply_at=now))
-    await session.execute(update(Clerk).where(Clerk.current_customer_id == cid).values(current_customer_id=None))
     customer.name = customer.phone_hash = customer.tags = None
     customer.erased_at = customer.erased_at or now
     customer.opted_out_at = customer.opted_out_at or now

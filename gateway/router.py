@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 from gateway.model import Event, Message, Target
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlmodel.ext.asyncio.session import AsyncSession
 
-    from gateway.models import Binding, Clerk, Customer
-    from gateway.models import Identity as IdentityRow
+    from gateway.lookups import Lookups
     from gateway.runtime import Gateway
+    from gateway.writes import Writes
 
 SKIP = object()
 
@@ -29,28 +31,67 @@ Middleware = Callable[["Ctx", Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 @dataclass
 class Ctx:
-    """One event being handled, inside one database transaction."""
+    """One event being handled, inside its batch's database transaction.
+
+    While `staged`, the parties (`customer`, `identity`, `binding`, `clerk`) are the batch's frozen
+    snapshots (gateway/lookups.py) and sends, logs and focus changes are staged (gateway/writes.py),
+    written set-wise at the end of the batch. A handler that needs the session is dispatched after
+    `materialise()`: what was staged is written first, the parties become ORM objects, and its own
+    writes go straight to the session, in order."""
 
     event: Event
     gw: Gateway
     session: AsyncSession
     claim_key: str
-    customer: Customer | None = None
-    identity: IdentityRow | None = None
-    binding: Binding | None = None
-    clerk: Clerk | None = None
+    look: Lookups | None = None
+    writes: Writes | None = None
+    at: datetime | None = None  # the batch's clock reading: one instant for all its events
+    customer: Any = None  # Customer | CustomerView
+    identity: Any = None  # IdentityRow | IdentityView
+    binding: Any = None  # Binding | BindingView
+    clerk: Any = None  # Clerk | ClerkView
     data: dict[str, Any] = field(default_factory=dict)
-    after_commit: list[Callable[[], Any]] = field(default_factory=list)
+    staged: bool = True
 
     def now(self):
-        return self.gw.clock.now()
+        return self.at or self.gw.clock.now()
+
+    async def materialise(self) -> None:
+        """Leave staged mode for this event: write what is staged, load the parties as ORM
+        objects, and mark the batch's lookups stale (this handler may change what they show)."""
+        if not self.staged:
+            return
+        from gateway.models import Binding, Clerk, Customer
+        from gateway.models import Identity as IdentityRow
+
+        self.staged = False
+        if self.writes is not None:
+            await self.writes.flush(self.session, self.now())
+        if self.look is not None:
+            self.look.stale = True
+        s = self.session
+        for attr, model in (("customer", Customer), ("identity", IdentityRow), ("binding", Binding), ("clerk", Clerk)):
+            value = getattr(self, attr)
+            if value is not None and not isinstance(value, model):
+                setattr(self, attr, await s.get(model, value.id, populate_existing=True))
 
     def idem(self, suffix: str) -> str:
         """A deterministic outbound key: the same inbound event never enqueues a message twice."""
         return f"{self.event.sender.platform}:{self.event.sender.account}:{self.claim_key}:{suffix}"
 
-    async def send(self, target: Target, message: Message, *, suffix: str, kind: str = "reply") -> int | None:
-        return await self.gw.outbox.enqueue(self.session, target, message, idem_key=self.idem(suffix), kind=kind)
+    async def send(self, target: Target, message: Message, *, suffix: str | None = None, kind: str = "reply",
+                   idem_key: str | None = None, about_customer_id: int | None = None) -> None:
+        from gateway.outbox import PUSH_KINDS, Outgoing
+
+        item = Outgoing(target, message, idem_key or self.idem(suffix or "reply"), kind,
+                        about_customer_id=about_customer_id)
+        if kind in PUSH_KINDS:  # pushes go through the send policy's checks
+            await self.materialise()
+            await self.gw.outbox.enqueue(self.session, target, message, idem_key=item.idem_key, kind=kind)
+        elif self.staged:
+            self.writes.send(item)
+        else:
+            await self.gw.outbox.write_many(self.session, [item])
 
     def reply_target(self) -> Target:
         """The sender, on the channel the event came from."""
@@ -60,17 +101,20 @@ class Ctx:
             clerk_id=self.clerk.id if self.clerk else None,
         )
 
-    async def reply(self, text: str, *, suffix: str = "reply") -> int | None:
+    async def reply(self, text: str, *, suffix: str = "reply") -> None:
         kind = "notice" if self.event.side == "clerk" else "reply"
         # Customers hear their advisor's name only while that advisor is active; else the brand's voice.
         active = self.clerk is not None and self.clerk.status == "active"
         sender = self.clerk.display_name if self.event.side == "customer" and active else None
-        return await self.send(self.reply_target(), Message.of_text(text, sender), suffix=suffix, kind=kind)
+        await self.send(self.reply_target(), Message.of_text(text, sender), suffix=suffix, kind=kind)
 
     async def log(self, type_: str, **fields: Any) -> None:
-        from gateway.interactions import log_interaction
+        if self.staged:
+            self.writes.log(type_, occurred_at=self.now(), **fields)
+        else:
+            from gateway.interactions import log_interaction
 
-        await log_interaction(self.session, type_, occurred_at=self.now(), **fields)
+            await log_interaction(self.session, type_, occurred_at=self.now(), **fields)
 
 
 def text_in(words: list[str]) -> Filter:
@@ -94,6 +138,7 @@ class _Rule:
     side: str | None
     filters: tuple[Filter, ...]
     handler: Handler
+    staged: bool  # the handler reads only the batch's lookups and stages its writes
 
 
 class Router:
@@ -102,9 +147,12 @@ class Router:
         self._rules: list[_Rule] = []
         self._children: list[Router] = []
 
-    def on(self, event_type: str, *filters: Filter, side: str | None = None):
+    def on(self, event_type: str, *filters: Filter, side: str | None = None, staged: bool = False):
+        """Register a handler. Filters run on the batch's lookups (they must not use the session);
+        a handler that is not `staged` gets a materialised context (see Ctx)."""
+
         def deco(fn: Handler) -> Handler:
-            self._rules.append(_Rule(event_type, side, filters, fn))
+            self._rules.append(_Rule(event_type, side, filters, fn, staged))
             return fn
 
         return deco
@@ -128,6 +176,8 @@ class Router:
                     injected.update(res)
             else:
                 ctx.data.update(injected)
+                if not rule.staged:
+                    await ctx.materialise()
                 result = await rule.handler(ctx)
                 if result is not SKIP:
                     return True, result

@@ -15,8 +15,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots import root_router
-from gateway import advisors, attribution, fallback, handover, scheduler, service
+from gateway import advisors, attribution, fallback, focus, handover, scheduler, service
 from gateway.adapter import Adapter, adapter_class
+from gateway.caches import Caches
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.db import make_engine, session_factory
@@ -39,6 +40,7 @@ from gateway.models import (
 )
 from gateway.models import Identity as IdentityRow
 from gateway.outbox import OutboxWorker
+from gateway.ratelimit import SlidingCounter
 from gateway.router import Dispatcher
 from gateway.tokens import Principal, hash_token, resolve_token
 
@@ -68,6 +70,9 @@ class Gateway:
             cls = adapter_class(acc.platform)
             self.adapters[acc.name] = cls(acc, self)
         self.clerk_accounts = {n: a.platform for n, a in self.adapters.items() if a.side == "clerk"}
+        self.caches = Caches()
+        per_minute = config.policies.customer_messages_per_minute
+        self.flood_gate = SlidingCounter(per_minute, 60.0) if per_minute else None
         self.dispatcher = Dispatcher(root_router(), MIDDLEWARES)
         self.ingress = Ingress(self)
         self.outbox = OutboxWorker(self)
@@ -233,7 +238,7 @@ class Gateway:
 
     async def _q_clerk_customers(self, clerk_id: int) -> list[dict]:
         async with self.db() as s:
-            current = (await s.execute(select(Clerk.current_customer_id).where(Clerk.id == clerk_id))).scalar()
+            current = await focus.current(s, clerk_id)
             rows = await advisors.clerk_customers(s, clerk_id)
         return [
             {"handle": n, "customer_id": c.id, "name": advisors.customer_name(c),

@@ -68,11 +68,11 @@ def when(local_next: datetime, local_now: datetime) -> str:
     return f"周{WEEKDAY_ZH[local_next.weekday()]} {local_next:%H:%M}"
 
 
-async def offhours_reply(ctx, store: Store | None) -> None:
+async def offhours_reply(ctx, store_id: int | None) -> None:
     """Once per closed period: the customer hears when their advisor is back."""
-    if store is None or not ctx.gw.config.policies.offhours_reply:
+    if store_id is None or not ctx.gw.config.policies.offhours_reply:
         return
-    hours = parse_hours(store.opening_hours)
+    hours = (await ctx.gw.caches.hours(ctx.session, [store_id]))[store_id]
     local = ctx.now().astimezone(ctx.gw.tz)
     if is_open(hours, local):
         return
@@ -80,8 +80,28 @@ async def offhours_reply(ctx, store: Store | None) -> None:
     if back is None:
         return
     text = f"{ctx.clerk.display_name}现在不在店里，{when(back, local)}上班后会第一时间回复您。"
-    await ctx.gw.outbox.enqueue(ctx.session, ctx.reply_target(), Message.of_text(text, ctx.clerk.display_name),
-                                idem_key=f"offhours:{ctx.customer.id}:{back.isoformat()}", kind="reply")
+    await ctx.send(ctx.reply_target(), Message.of_text(text, ctx.clerk.display_name),
+                   idem_key=f"offhours:{ctx.customer.id}:{back.isoformat()}", kind="reply")
+
+
+async def waiting(ctx, customer, clerk, store_id: int | None) -> None:
+    """A customer message opens a wait unless one is open (staged, or in the session)."""
+    if not ctx.staged:
+        await customer_waiting(ctx.session, customer, clerk, store_id, ctx.now())
+    elif ctx.look.waits.get(customer.id) is None:
+        from gateway.lookups import WaitView
+
+        ctx.writes.open_wait(customer.id, clerk.id if clerk else None, store_id, ctx.now())
+        ctx.look.set_wait(customer.id, WaitView(None, clerk.id if clerk else None, store_id, ctx.now()))
+
+
+async def replied(ctx, customer_id: int, clerk) -> None:
+    """The advisor's reply closes the customer's wait (staged, or in the session)."""
+    if not ctx.staged:
+        await advisor_replied(ctx.session, customer_id, clerk, ctx.now())
+    elif ctx.look.waits.get(customer_id) is not None:
+        ctx.writes.answer_wait(customer_id, clerk.id)
+        ctx.look.set_wait(customer_id, None)
 
 
 async def customer_waiting(session, customer: Customer, clerk: Clerk | None, store_id: int | None, now: datetime) -> None:

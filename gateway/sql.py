@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.dialects import postgresql, sqlite
 
 
-def insert_ignore(session, table, *, conflict: list[str]):
-    """INSERT … ON CONFLICT (cols) DO NOTHING for the session's dialect."""
+def insert_ignore(session, table, *, conflict: list[str], where=None):
+    """INSERT … ON CONFLICT (cols) [WHERE partial-index predicate] DO NOTHING for the session's dialect."""
     mod = postgresql if session.bind.dialect.name == "postgresql" else sqlite
-    return mod.insert(table).on_conflict_do_nothing(index_elements=conflict)
+    return mod.insert(table).on_conflict_do_nothing(index_elements=conflict, index_where=where)
