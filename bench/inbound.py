@@ -56,6 +56,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import aiohttp  # noqa: E402
 from common import (  # noqa: E402
     BASELINE_ROUNDS,
+    BENCH_POLICIES,
     TEXT,
     WARMUP,
     Backlog,
@@ -396,7 +397,7 @@ async def run_gateway(platform: str, args, url: str, profile_path: str | None) -
     sim_url = "http://127.0.0.1:9"
     if sim is not None:
         sim_runner, sim_url = await serve(sim.app())
-    cfg = build_config({"database": {"url": url}, "server": {"first_run_seed": False},
+    cfg = build_config({"database": {"url": url}, "server": {"first_run_seed": False}, "policies": BENCH_POLICIES,
                         "accounts": sc.accounts(sim_url)}, env={})
     gw = Gateway(cfg)
     await gw.start()

@@ -37,6 +37,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import aiohttp  # noqa: E402
 from common import (  # noqa: E402
     BASELINE_ROUNDS,
+    BENCH_POLICIES,
     TEXT,
     WARMUP,
     Backlog,
@@ -92,6 +93,7 @@ async def run_gateway(args, url: str) -> dict:
     cfg = build_config({
         "database": {"url": url},
         "server": {"first_run_seed": False},
+        "policies": BENCH_POLICIES,
         "accounts": [{"name": "workbench", "platform": "workbench"},
                      {"name": "webchat", "platform": "webchat", "secret": secret}],
     }, env={})

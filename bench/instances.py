@@ -46,6 +46,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 from common import (  # noqa: E402
+    BENCH_POLICIES,
     ROOT,
     TEXT,
     WARMUP,
@@ -257,6 +258,7 @@ def write_config(path: Path, url: str, secret: str) -> None:
     path.write_text(yaml.safe_dump({
         "database": {"url": url},
         "server": {"host": "127.0.0.1", "first_run_seed": False, "log_format": "json"},
+        "policies": BENCH_POLICIES,
         "accounts": [{"name": "workbench", "platform": "workbench"},
                      {"name": "webchat", "platform": "webchat", "secret": secret}],
     }, allow_unicode=True))

@@ -139,7 +139,7 @@ def gateway_config(url: str, port: int, *, accounts: list[dict] | None = None, *
                    "log_format": "json", "access_log": False},
         "database": {"url": url, "pool_size": 10},
         "policies": {"quiet_hours": None, "max_pushes": {"per_week": 1000}, "remind_after_minutes": None,
-                     "escalate_after_minutes": None},
+                     "escalate_after_minutes": None, "customer_messages_per_minute": None},
         "campaigns": {"tick_seconds": 0.5, "batch": 1000},  # smaller batches: more points to die between
         "outbox": {"concurrency": 128, "batch": 200, "poll_interval": 0.1},
         "ingress": {"replay_after_seconds": 5},

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from gateway.model import Event, Identity, Message, Target
+    from gateway.quota import SendQuota
 
 BUILTIN_ADAPTERS = ("adapters.webchat", "adapters.workbench", "adapters.dingtalk", "adapters.wecom",
                     "adapters.wechat_mp")
@@ -71,6 +72,7 @@ class Capabilities:
     segments: frozenset[str] = frozenset({"text"})
     rate_per_sec: float = 20.0  # outbound calls per second per account
     burst: int = 20
+    platform_rate: bool = True  # the rate is the platform's cap: shared by every process (gateway/quota.py)
     reply_window: timedelta | None = None  # e.g. 48 h on the Official Account
     max_text_bytes: int | None = None
     # Per-customer cap on pushes the platform enforces: (period, limit) with period month | week |
@@ -113,6 +115,7 @@ class Host(Protocol):
     tz: Any  # the configured zone, for day boundaries
     max_body: int
     base_url: str  # the gateway's public URL
+    quota: SendQuota  # per-recipient platform caps, counted by every process together
 
     async def ingest(self, adapter: Adapter, request: web.Request) -> web.StreamResponse: ...
 

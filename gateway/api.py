@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from gateway import advisors, handover
+from gateway.caches import HOURS, WORK_IDS
 from gateway.ingress import error_response
 from gateway.models import (
     AuditEntry,
@@ -407,6 +408,7 @@ async def store_patch(q: Req):
         store = await _store(s, q)
         for k, v in q.body.model_dump(exclude_unset=True).items():
             setattr(store, k, v)
+        await q.gw.caches.changed(s, HOURS)
         await s.commit()
         return _dump(store, q.gw.tz)
 
@@ -438,6 +440,7 @@ async def _set_work_ids(s, q: Req, clerk: Clerk, work_ids: dict[str, str]) -> No
         await s.flush()
     except IntegrityError:
         raise ApiError(409, "conflict", "a work id is already used by another clerk", "work_ids") from None
+    await q.gw.caches.changed(s, WORK_IDS)
 
 
 async def _clerk_out(s, clerk: Clerk, tz) -> dict:

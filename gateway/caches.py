@@ -1,14 +1,17 @@
 """In-process caches of what rarely changes and every message needs: clerks' work-IM ids and
-stores' opening hours. The database stays the truth; a write through the admin API, an import or
-an org event calls `invalidate`, which clears this process at once and, through the hub, every
-other instance (PostgreSQL NOTIFY). After a lost hub connection everything is cleared, since
-notifications may have been missed meanwhile."""
+stores' opening hours. The database stays the truth. A transaction that changes one calls
+`changed(session, kind)`: on commit this process drops the cache, and on PostgreSQL a NOTIFY sent
+in the same transaction (so only if it commits) makes every other process — other instances,
+`--workers`, a `gateway import` run — drop theirs (the hub listens; after a lost connection it
+clears everything, since notifications may have been missed). On SQLite, where no other process
+can be told, entries also expire after `max_age` seconds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 
 from gateway.model import Identity
 from gateway.models import ClerkIdentity, Store
@@ -18,15 +21,19 @@ WORK_IDS, HOURS = "work_ids", "hours"
 KINDS = (WORK_IDS, HOURS)
 
 
+CHANNEL = "gw_cache"  # PostgreSQL NOTIFY channel: the payload is the kind that changed
+
+
 class Caches:
-    def __init__(self) -> None:
+    def __init__(self, *, max_age: float | None = None, monotonic=time.monotonic) -> None:
         self._clerk_of: dict[Identity, int | None] = {}  # a work-IM user → clerk id (None: not a clerk)
         self._ids_of: dict[int, list[Identity]] = {}  # clerk id → their work-IM ids, oldest first
         self._hours: dict[int, dict | None] = {}  # store id → parsed opening hours (None: always open)
-        self.broadcast: Callable[[str], None] | None = None  # set by the runtime: tell other instances
+        self._filled = {kind: monotonic() for kind in KINDS}
+        self.max_age, self._monotonic = max_age, monotonic
         self.loads = 0  # statements spent filling the caches, for benchmarks
 
-    def invalidate(self, kind: str, *, local_only: bool = False) -> None:
+    def invalidate(self, kind: str) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown cache {kind!r}")
         if kind == WORK_IDS:
@@ -34,17 +41,29 @@ class Caches:
             self._ids_of.clear()
         else:
             self._hours.clear()
-        if not local_only and self.broadcast is not None:
-            self.broadcast(kind)
+        self._filled[kind] = self._monotonic()
 
     def clear(self) -> None:
         for kind in KINDS:
-            self.invalidate(kind, local_only=True)
+            self.invalidate(kind)
+
+    def _fresh(self, kind: str) -> None:
+        if self.max_age is not None and self._monotonic() - self._filled[kind] > self.max_age:
+            self.invalidate(kind)
+
+    async def changed(self, session, kind: str) -> None:
+        """`session`'s transaction changes `kind`: drop it here on commit, everywhere on PostgreSQL."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown cache {kind!r}")
+        event.listen(session.sync_session, "after_commit", lambda _s: self.invalidate(kind), once=True)
+        if session.bind.dialect.name == "postgresql":
+            await session.execute(select(func.pg_notify(CHANNEL, kind)))
 
     # -- clerks' work-IM identities -----------------------------------------------------------
 
     async def clerks_of(self, session, idents: Iterable[Identity]) -> dict[Identity, int | None]:
         """Which clerk each work-IM user is (the workbench's user id is the clerk id itself)."""
+        self._fresh(WORK_IDS)
         out, missing = {}, []
         for ident in idents:
             if ident.platform == "workbench":
@@ -69,6 +88,7 @@ class Caches:
         return out
 
     async def work_ids(self, session, clerk_ids: Iterable[int]) -> dict[int, list[Identity]]:
+        self._fresh(WORK_IDS)
         missing = [c for c in set(clerk_ids) if c not in self._ids_of]
         if missing:
             ci = ClerkIdentity.__table__
@@ -86,6 +106,7 @@ class Caches:
     # -- stores' opening hours -----------------------------------------------------------------
 
     async def hours(self, session, store_ids: Iterable[int]) -> dict[int, dict | None]:
+        self._fresh(HOURS)
         missing = [s for s in set(store_ids) if s not in self._hours]
         if missing:
             self.loads += 1

@@ -11,6 +11,8 @@ import json
 import logging
 from collections import defaultdict
 
+from gateway.caches import CHANNEL as CACHE_CHANNEL
+
 log = logging.getLogger("gateway.hub")
 
 
@@ -67,6 +69,10 @@ class PgHub(Hub):
         self._seq = 0
         self._task: asyncio.Task | None = None
         self.connected_event = asyncio.Event()
+        # Cache invalidations ride on the same connection (gateway/caches.py): a kind that changed,
+        # and everything when (re)connecting, since notifications may have been missed meanwhile.
+        self.on_cache_changed = lambda kind: None
+        self.on_connected = lambda: None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hub-notify")
@@ -118,6 +124,8 @@ class PgHub(Hub):
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=10)
                 await conn.add_listener(self.CHANNEL, self._received)
+                await conn.add_listener(CACHE_CHANNEL, lambda _c, _p, _ch, kind: self.on_cache_changed(kind))
+                self.on_connected()
                 self.connected_event.set()
                 backoff = 0.5
                 while True:

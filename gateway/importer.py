@@ -33,6 +33,7 @@ from sqlmodel import select
 from gateway import advisors, handover
 from gateway.api import ApiError, ClerkIn, StoreIn, _set_work_ids
 from gateway.api_customers import CustomerPatch
+from gateway.caches import HOURS
 from gateway.interactions import log_interaction
 from gateway.model import Identity
 from gateway.models import AuditEntry, Clerk, ClerkIdentity, Customer, Store
@@ -254,7 +255,11 @@ async def import_store(ctx: Ctx, s, row: dict[str, str]) -> Outcome:
         s.add(Store(**values, created_at=ctx.now()))
         await s.flush()
         return "created", None
-    return ("updated" if _set(found[0], values) else "unchanged"), None
+    if not _set(found[0], values):
+        return "unchanged", None
+    if "opening_hours" in values:
+        await ctx.gw.caches.changed(s, HOURS)
+    return "updated", None
 
 
 # -- clerks ---------------------------------------------------------------------------------------------

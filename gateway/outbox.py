@@ -26,6 +26,7 @@ from gateway.adapter import Deferred, Permanent, Retryable
 from gateway.batch import Batcher
 from gateway.model import Message, Target
 from gateway.models import ChatMessage, Customer, Interaction, Outbox
+from gateway.quota import SharedPace
 from gateway.ratelimit import TokenBucket
 from gateway.service import quiet_until
 from gateway.sql import insert_ignore
@@ -76,13 +77,12 @@ class OutboxWorker:
         self.gw = gw
         self.cfg = gw.config.outbox
         self.worker_id = f"{gw.instance_id}:{uuid.uuid4().hex[:6]}"
-        self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
         self._stopping = False
-        self._task: asyncio.Task | None = None
-        self._limiters: dict[str, TokenBucket] = {}
-        self._peer_locks: dict[tuple[str, str], list] = {}
-        self._reclaimed_at = None  # when expired leases were last handed back  # (account, peer) -> [lock, users]
+        self._lanes: dict[str, Lane] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._limiters: dict[str, TokenBucket | SharedPace] = {}
+        self._peer_locks: dict[tuple[str, str], list] = {}  # (account, peer) -> [lock, users]
         self._sent = Batcher(self._record_sent, name="outbox-sent")
         # kind -> coroutine(session, row, error) run in the transaction that records a dead or held row
         self.on_failed: dict[str, Callable[..., Awaitable[None]]] = {}
@@ -186,32 +186,37 @@ class OutboxWorker:
                                     f"{used} already since {start.astimezone(self.gw.tz).date().isoformat()}")
         return None, None
 
-    def kick(self) -> None:
-        self._wake.set()
+    def kick(self, account: str | None = None) -> None:
+        """New rows are due: wake their accounts' lanes (those written since the last kick, else all)."""
+        accounts = [account] if account else (self.due or list(self._lanes))
+        self.due = set()
+        for a in accounts:
+            lane = self._lanes.get(a)
+            if lane is not None:
+                lane.wake.set()
 
     # -- consuming -------------------------------------------------------------------------
 
-    def limiter(self, account: str) -> TokenBucket:
+    def limiter(self, account: str) -> TokenBucket | SharedPace:
+        """The account's send pace: shared by every process on PostgreSQL when it is a platform's
+        cap (N instances together stay under it), this process's own token bucket otherwise."""
         if account not in self._limiters:
             caps = self.gw.adapters[account].capabilities()
-            self._limiters[account] = TokenBucket(caps.rate_per_sec, caps.burst)
+            if caps.platform_rate and self.gw.engine.dialect.name == "postgresql":
+                self._limiters[account] = SharedPace(self.gw.engine, account, caps.rate_per_sec, caps.burst)
+            else:
+                self._limiters[account] = TokenBucket(caps.rate_per_sec, caps.burst)
         return self._limiters[account]
 
-    async def claim(self, limit: int) -> list:
+    async def claim(self, limit: int, account: str | None = None) -> list:
+        """Take up to `limit` due rows (of one account's lane, or of any) for this worker."""
         now = self.gw.clock.now()
-        # A dead worker's rows go back to pending once their lease runs out; kept out of the pick
-        # below so that stays one ordered scan of the (status, priority, next_attempt_at, id) index.
-        if self._reclaimed_at is None or (now - self._reclaimed_at).total_seconds() >= 5:  # not a write per poll
-            self._reclaimed_at = now
-            async with self.gw.db() as s:
-                await s.execute(update(Outbox).where(Outbox.status == "sending", Outbox.lease_until < now)
-                                .values(status="pending", lease_until=None)
-                                .execution_options(synchronize_session=False))
-                await s.commit()
+        if self._task_less():  # no reclaim loop (tests, shutdown): hand back expired leases here
+            await self.reclaim()
         pick = (
             select(Outbox.id)
             .where(Outbox.status == "pending", Outbox.next_attempt_at <= now,
-                   Outbox.account.in_(list(self.gw.adapters)))
+                   Outbox.account == account if account else Outbox.account.in_(list(self.gw.adapters)))
             .order_by(Outbox.priority, Outbox.next_attempt_at, Outbox.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -243,6 +248,19 @@ class OutboxWorker:
         # RETURNING comes in no particular order; sends start (and take their peer's lock) in
         # enqueue order, so a peer's messages go out in the order they were made.
         return sorted(rows, key=lambda r: r.id)
+
+    async def reclaim(self) -> None:
+        """Rows whose lease ran out (their worker died) go back to pending. Kept out of the pick so
+        that stays one ordered scan of the (status, account, priority, next_attempt_at, id) index."""
+        now = self.gw.clock.now()
+        async with self.gw.db() as s:
+            await s.execute(update(Outbox).where(Outbox.status == "sending", Outbox.lease_until < now)
+                            .values(status="pending", lease_until=None)
+                            .execution_options(synchronize_session=False))
+            await s.commit()
+
+    def _task_less(self) -> bool:
+        return not self._tasks
 
     async def deliver(self, row) -> str:
         """Send one claimed row and record the outcome. Returns the new status."""
@@ -388,7 +406,7 @@ class OutboxWorker:
     def limiters(self) -> dict[str, TokenBucket]:
         return dict(self._limiters)
 
-    async def _run_one(self, row) -> None:
+    async def _run_one(self, row, lane: Lane | None = None) -> None:
         try:
             result = await self.deliver(row)
             adapter = self.gw.adapters.get(row.account)
@@ -399,41 +417,45 @@ class OutboxWorker:
         except Exception:  # the DB write failed: the lease will expire and the row is retried
             log.exception("outbox row %s: could not record the outcome", row.id)
         finally:
-            self._wake.set()
+            if lane is not None:
+                lane.wake.set()  # a slot is free
 
-    async def run(self) -> None:
+    def _spawn(self, row, lane: Lane | None = None) -> asyncio.Task:
+        task = asyncio.create_task(self._run_one(row, lane), name=f"outbox-{row.id}")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        if lane is not None:
+            lane.inflight.add(task)
+            task.add_done_callback(lane.inflight.discard)
+        return task
+
+    async def _reclaim_loop(self) -> None:
+        """A dead worker's rows go back to pending once their lease runs out (every 5 s)."""
         while not self._stopping:
-            free = self.cfg.concurrency - len(self._inflight)
-            rows = []
-            if free > 0:
-                try:
-                    rows = await self.claim(min(free, self.cfg.batch))
-                except Exception:
-                    log.exception("outbox claim failed; retrying")
-                    await asyncio.sleep(self.cfg.poll_interval)
-                    continue
-            for row in rows:
-                task = asyncio.create_task(self._run_one(row), name=f"outbox-{row.id}")
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
-            if not rows:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval)
-                except TimeoutError:
-                    pass
+            try:
+                await self.reclaim()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("outbox: handing back expired leases failed")
+            await asyncio.sleep(5)
 
     def start(self) -> None:
         self._stopping = False
-        self._task = asyncio.create_task(self.run(), name="outbox-worker")
+        self._lanes = {a: Lane(self, a) for a in self.gw.adapters}
+        self._tasks = [asyncio.create_task(lane.run(), name=f"outbox-{a}") for a, lane in self._lanes.items()]
+        self._tasks.append(asyncio.create_task(self._reclaim_loop(), name="outbox-reclaim"))
 
     async def stop(self, grace: float) -> None:
         """Stop the loop, send what is due (the last replies the drained ingress produced) and let
         in-flight sends finish, all within `grace`; hand the rest back."""
         self._stopping = True
-        self._wake.set()
-        if self._task:
-            await asyncio.gather(self._task, return_exceptions=True)
+        for lane in self._lanes.values():
+            lane.wake.set()
+        if self._tasks:
+            self._tasks[-1].cancel()  # the reclaim loop; the lanes finish their round and stop
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         deadline = asyncio.get_running_loop().time() + grace
         while asyncio.get_running_loop().time() < deadline:
             try:
@@ -442,10 +464,7 @@ class OutboxWorker:
                 break
             if not rows:
                 break
-            tasks = [asyncio.create_task(self._run_one(r)) for r in rows]
-            for t in tasks:
-                self._inflight.add(t)
-                t.add_done_callback(self._inflight.discard)
+            tasks = [self._spawn(r) for r in rows]
             await asyncio.wait(tasks, timeout=max(0.01, deadline - asyncio.get_running_loop().time()))
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=max(0.1, deadline - asyncio.get_running_loop().time()))
@@ -460,3 +479,36 @@ class OutboxWorker:
                 .values(status="pending", lease_until=None)
             )
             await s.commit()
+
+
+class Lane:
+    """One account's sends: its own claims, concurrency and pace, so a platform's rate cap (DingTalk's
+    20/s) only ever holds that platform's rows back, never another account's."""
+
+    def __init__(self, worker: OutboxWorker, account: str):
+        self.worker, self.account = worker, account
+        self.concurrency = worker.cfg.concurrency
+        self.wake = asyncio.Event()
+        self.inflight: set[asyncio.Task] = set()
+
+    async def run(self) -> None:
+        w = self.worker
+        while not w._stopping:
+            self.wake.clear()
+            free = self.concurrency - len(self.inflight)
+            rows = []
+            if free > 0:
+                try:
+                    rows = await w.claim(min(free, w.cfg.batch), self.account)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("outbox claim for %s failed; retrying", self.account)
+            for row in rows:
+                w._spawn(row, self)
+            if rows and len(rows) == min(free, w.cfg.batch):
+                continue  # more may be due right away
+            try:
+                await asyncio.wait_for(self.wake.wait(), w.cfg.poll_interval)
+            except TimeoutError:
+                pass

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bots import root_router
 from gateway import advisors, attribution, fallback, focus, handover, scheduler, service
 from gateway.adapter import Adapter, adapter_class
-from gateway.caches import Caches
+from gateway.caches import KINDS, Caches
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.db import make_engine, session_factory
@@ -40,6 +40,7 @@ from gateway.models import (
 )
 from gateway.models import Identity as IdentityRow
 from gateway.outbox import OutboxWorker
+from gateway.quota import SendQuota
 from gateway.ratelimit import SlidingCounter
 from gateway.router import Dispatcher
 from gateway.tokens import Principal, hash_token, resolve_token
@@ -70,7 +71,11 @@ class Gateway:
             cls = adapter_class(acc.platform)
             self.adapters[acc.name] = cls(acc, self)
         self.clerk_accounts = {n: a.platform for n, a in self.adapters.items() if a.side == "clerk"}
-        self.caches = Caches()
+        self.quota = SendQuota(self.db, self.clock)  # the platforms' per-recipient caps, shared by all processes
+        self.caches = Caches(max_age=None if isinstance(self._hub, PgHub) else 30.0)
+        if isinstance(self._hub, PgHub):
+            self._hub.on_cache_changed = lambda kind: self.caches.invalidate(kind) if kind in KINDS else None
+            self._hub.on_connected = self.caches.clear
         per_minute = config.policies.customer_messages_per_minute
         self.flood_gate = SlidingCounter(per_minute, 60.0) if per_minute else None
         self.dispatcher = Dispatcher(root_router(), MIDDLEWARES)
@@ -119,10 +124,18 @@ class Gateway:
                 await service.tick(self)
                 await attribution.sync_changed(self, since - timedelta(minutes=5))  # overlap: late commits
                 since = now
+                await self._purge(now)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the next round tries again
                 log.exception("periodic service-level / ledger check failed")
+
+    async def _purge(self, now) -> None:
+        """Send counts older than any cap's window, and focus rows a day old (not each clerk's last)."""
+        await self.quota.purge()
+        async with self.db() as s:
+            await focus.purge(s, now - timedelta(days=1))
+            await s.commit()
 
     async def stop(self) -> None:
         """Drain: finish in-flight inbound work, then in-flight sends, then close."""

@@ -12,7 +12,6 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from adapters.webchat.simulator import BrandApp
-from adapters.wecom.adapter import MemberWindow
 from adapters.wecom.simulator import WeComSimulator
 from gateway import advisors
 from gateway.adapter import Deferred, Permanent
@@ -321,16 +320,39 @@ def test_cap_periods_follow_the_configured_zone():
 # -- app-message cap per member -------------------------------------------------------------------------
 
 
-def test_member_window_holds_the_31st_message_of_a_minute_and_the_1001st_of_an_hour():
-    w = MemberWindow(30, 1000)
-    assert all(w.take("u", 100.0 + i) == 0 for i in range(30))
-    assert w.take("u", 130.0) == pytest.approx(30.0)  # the first of the 30 leaves the window at 160
-    assert w.take("v", 130.0) == 0  # per member
-    assert w.take("u", 160.0) == 0
-    h = MemberWindow(1000, 1000)
-    for i in range(1000):
-        assert h.take("u", i * 3.0) == 0
-    assert h.take("u", 3000.0) == pytest.approx(600.0)
+async def test_member_quota_holds_the_31st_message_of_a_minute_and_the_1001st_of_an_hour(db_url, backend):
+    from gateway.clock import FakeClock
+    from gateway.db import make_engine, session_factory
+    from gateway.quota import SendQuota, Window
+
+    clock = FakeClock(datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
+    engine = make_engine(db_url)
+    quota = SendQuota(session_factory(engine), clock)
+    minute, hour = timedelta(minutes=1), timedelta(hours=1)
+
+    def windows(per_minute=30, per_hour=1000):
+        now = clock.now()
+        return [Window(now - minute, per_minute, minute), Window(now - hour, per_hour, hour)]
+
+    try:
+        start = clock.now()
+        for _ in range(30):
+            assert await quota.take("u", windows()) is None
+            clock.advance(seconds=1)
+        full = await quota.take("u", windows())  # at start + 30 s
+        assert full.window == 0 and full.frees_at == start + minute  # the first of the 30 leaves at +60 s
+        assert await quota.take("v", windows()) is None  # per member
+        clock.set(start + minute)
+        assert await quota.take("u", windows()) is None
+        assert (await quota.take("u", windows(), n=2)).window == 0  # a split message goes whole or waits
+        clock.set(start + 2 * hour)
+        for i in range(10):
+            assert await quota.take("h", windows(per_hour=10)) is None
+            clock.advance(seconds=3)
+        full = await quota.take("h", windows(per_hour=10))
+        assert full.window == 1 and full.frees_at == start + 2 * hour + hour
+    finally:
+        await engine.dispose()
 
 
 async def test_a_burst_to_one_clerk_waits_instead_of_being_dropped(wc, sim):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections import defaultdict
 
 from aiohttp import web
 
@@ -25,6 +25,7 @@ from gateway.adapter import (
     register,
 )
 from gateway.ingress import error_response
+from gateway.quota import Window
 
 
 @register
@@ -44,8 +45,6 @@ class DingTalkAdapter(Adapter):
         self.stream = StreamClient(self) if config.mode == "stream" else None
         # Work notifications fail silently past these limits, so they are counted here:
         # (user, day) -> sent count, and (user, day, content hash) already sent.
-        self._notices: dict[tuple[str, str], int] = defaultdict(int)
-        self._notice_hashes: set[tuple[str, str, str]] = set()
 
     @property
     def media_prefix(self) -> str:
@@ -117,24 +116,29 @@ class DingTalkAdapter(Adapter):
         body = json.dumps(msg, ensure_ascii=False, sort_keys=True)
         if len(body.encode()) > 2048:
             raise Permanent("work notification over 2048 bytes", code="too_long")
-        day = self.host.clock.now().astimezone(self.host.tz).date().isoformat()
+        # DingTalk silently drops the same content to a user twice a day and anything past the daily
+        # limit: count both (in the database, so every instance counts together) before the call,
+        # so concurrent sends of one brief cannot both pass; a call that fails gives its place back.
+        today = self.host.clock.now().astimezone(self.host.tz).replace(hour=0, minute=0, second=0, microsecond=0)
         digest = hashlib.sha256(body.encode()).hexdigest()
-        if (user, day, digest) in self._notice_hashes:
+        same, daily = f"dingtalk:{self.account}:notice:{user}:{digest}", f"dingtalk:{self.account}:notice:{user}"
+        if await self.host.quota.take(same, [Window(today, 1)]) is not None:
             raise Permanent("same content already sent to this user today (DingTalk would drop it silently)",
                             code="same_content_today", hold=True)
-        if self._notices[(user, day)] >= self.config.notice_daily_limit:
+        if await self.host.quota.take(daily, [Window(today, self.config.notice_daily_limit)]) is not None:
+            await self.host.quota.give_back(same)
             raise Permanent(f"{self.config.notice_daily_limit} work notifications to this user today",
                             code="daily_limit", hold=True)
-        # Reserve before the call: concurrent sends of the same brief must not both pass the check.
-        self._notices[(user, day)] += 1
-        self._notice_hashes.add((user, day, digest))
         try:
             task_id = await self.api.send_work_notice([user], msg)
         except BaseException:
-            self._notices[(user, day)] -= 1
-            self._notice_hashes.discard((user, day, digest))
+            await asyncio.shield(self._give_back(same, daily))
             raise
         return Receipt(platform_msg_id=task_id)
+
+    async def _give_back(self, *keys: str) -> None:
+        for key in keys:
+            await self.host.quota.give_back(key)
 
     async def _media(self, request: web.Request) -> web.StreamResponse:
         """A picture or file a clerk sent, resolved to DingTalk's short-lived download URL."""

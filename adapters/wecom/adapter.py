@@ -11,12 +11,10 @@ handovers through the (resigned) transfer APIs.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
-from collections import defaultdict, deque
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aiohttp import web
 
@@ -41,35 +39,12 @@ from gateway.adapter import (
 )
 from gateway.batch import Coalescer
 from gateway.ingress import error_response
+from gateway.quota import Window
 
 log = logging.getLogger("gateway.wecom")
 
 WELCOME_DONE, WELCOME_BUSY = 41051, 41096  # already sent (done) / another app is sending (retry)
 CUSTOMER_CAPS = {"month": ("month", None), "week": ("week", 7), "day": ("day", 1)}
-
-
-class MemberWindow:
-    """Sliding per-member counts of app messages: WeCom silently drops what passes 30/min or 1,000/h."""
-
-    def __init__(self, per_minute: int, per_hour: int):
-        self.limits = ((60.0, per_minute), (3600.0, per_hour))
-        self._sent: dict[str, deque[float]] = defaultdict(deque)
-
-    def take(self, user: str, now: float) -> float:
-        """Count one message to `user` and return 0, or return the seconds until one is allowed."""
-        q = self._sent[user]
-        while q and now - q[0] >= 3600:
-            q.popleft()
-        for span, limit in self.limits:
-            in_window = len(q) - bisect.bisect_right(q, now - span)
-            if in_window >= limit:
-                return q[len(q) - limit] + span - now
-        q.append(now)
-        return 0.0
-
-    def give_back(self, user: str, n: int) -> None:
-        for _ in range(n):
-            self._sent[user].pop()
 
 
 @register
@@ -88,7 +63,6 @@ class WeComAdapter(Adapter):
         super().__init__(config, host)
         self.api = WeComApi(config, host.clock)
         self.crypto = CallbackCrypto(config.token, config.encoding_aes_key, config.corp_id)
-        self.members = MemberWindow(config.member_per_minute, config.member_per_hour)
         self._tasks: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
         self._ways: dict[str, str] = {}  # invite -> contact QR, until the invite row remembers it
@@ -214,14 +188,17 @@ class WeComAdapter(Adapter):
 
     async def _app_message(self, user: str, message, *, markdown: bool = False) -> Receipt:
         bodies = codec.app_messages(message, markdown=markdown)
-        now = self.host.clock.now().timestamp()
-        # Count every part up front: a split message goes out whole or waits whole.
-        for taken in range(len(bodies)):
-            wait = self.members.take(user, now)
-            if wait:
-                self.members.give_back(user, taken)
-                raise Deferred(f"member {user} is at WeCom's app-message cap; sending in {wait:.0f} s",
-                               retry_after=wait)
+        # WeCom silently drops a member's app messages past 30 a minute or 1,000 an hour: count them
+        # (in the database, so every instance counts together), every part up front — a split
+        # message goes out whole or waits whole.
+        now = self.host.clock.now()
+        minute, hour = timedelta(minutes=1), timedelta(hours=1)
+        full = await self.host.quota.take(f"wecom:{self.account}:member:{user}", [
+            Window(now - minute, self.config.member_per_minute, minute),
+            Window(now - hour, self.config.member_per_hour, hour)], n=len(bodies))
+        if full is not None:
+            wait = max(1.0, (full.frees_at - now).total_seconds())
+            raise Deferred(f"member {user} is at WeCom's app-message cap; sending in {wait:.0f} s", retry_after=wait)
         msgid = None
         for body in bodies:
             data = await self.api.send_app_message(user, body)
