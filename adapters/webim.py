@@ -176,13 +176,19 @@ async def shared_js(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(SHARED_JS, headers={"Cache-Control": "no-cache", "Content-Type": "text/javascript"})
 
 
+_CURSOR_MAX = 2**63 - 1  # a message id is a 64-bit integer: a 30-digit cursor overflowed the query (500)
+
+
 def history_params(request: web.Request) -> tuple[int, int]:
-    try:
-        after = int(request.query.get("after", "0") or 0)
-        limit = min(200, max(1, int(request.query.get("limit", "50"))))
-    except ValueError:
-        raise BadRequest("after and limit must be integers", field="after") from None
-    return after, limit
+    """?after= (a message id, 0 = from the start) and ?limit= (1..200, default 50), as plain ASCII
+    digits: int() alone also takes "1_000", "-5" and Arabic-Indic digits."""
+    def number(name: str, default: str) -> int:
+        raw = request.query.get(name, default) or default
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > _CURSOR_MAX:
+            raise BadRequest(f"{name} must be a whole number from 0 to {_CURSOR_MAX}", field=name)
+        return int(raw)
+
+    return number("after", "0"), min(200, max(1, number("limit", "50")))
 
 
 def push(hub, account: str, peer_id: str, message: Message) -> Receipt:

@@ -12,15 +12,25 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from gateway import advisors, handover
+from gateway import advisors, clock, handover
 from gateway.caches import HOURS, WORK_IDS
 from gateway.ingress import error_response
 from gateway.models import (
@@ -76,6 +86,35 @@ class _In(BaseModel):
         if not _storable(v):
             raise ValueError("number out of range or text with a NUL character")
         return v
+
+
+def _aware(t: datetime) -> datetime:
+    if t.tzinfo is None:
+        raise ValueError("needs an offset, e.g. 2026-12-01T10:00:00+08:00")
+    return clock.sane(t)
+
+
+# A time with its offset, within clock.EARLIEST..LATEST (year 1 or 9999 was a 500, not a 422).
+Instant = Annotated[datetime, AfterValidator(_aware)]
+# The same, where a time without offset is also accepted (read in the configured zone).
+LocalInstant = Annotated[datetime, AfterValidator(clock.sane)]
+
+_MONEY = re.compile(r"\d+(\.\d{1,2})?", re.ASCII)
+MONEY_PATTERN = r"^\d+(\.\d{1,2})?$"
+
+
+def _money(v: Any) -> Any:
+    """Money is a decimal string of ASCII digits: Decimal() and int() also take "1_000.00",
+    Arabic-Indic or full-width digits and floats, none of which a POS means to send."""
+    if not isinstance(v, str) or not _MONEY.fullmatch(v):
+        raise ValueError('must be a decimal string like "123.45" (ASCII digits, at most 2 decimals)')
+    return Decimal(v)
+
+
+def money(**bounds) -> Any:
+    """A money field type: yuan as "123.45"; `bounds` as for Field (gt=0, ge=0)."""
+    return Annotated[Decimal, BeforeValidator(_money), Field(max_digits=14, decimal_places=2, **bounds),
+                     WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "examples": ["123.45"]})]
 
 
 _SPAN = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
@@ -581,8 +620,13 @@ async def invite_list(q: Req):
 
 
 async def _invite(q: Req) -> Invite:
+    """The invite by its code. A store manager asking for another store's invite gets the same 404
+    as for a code that does not exist: a 403 would confirm the code is real."""
+    stmt = select(Invite).where(Invite.code == q.request.match_info["code"].lower())
+    if q.who.role == "store_manager":
+        stmt = stmt.join(Clerk, Clerk.id == Invite.clerk_id).where(Clerk.store_id == q.who.store_id)
     async with q.gw.db() as s:
-        inv = (await s.exec(select(Invite).where(Invite.code == q.request.match_info["code"].lower()))).first()
+        inv = (await s.exec(stmt)).first()
     if inv is None:
         raise ApiError(404, "not_found", "no such invite")
     return inv

@@ -4,19 +4,17 @@ roles, errors and the OpenAPI document work as for the rest of the API."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from sqlalchemy import func, insert, select
 
 from gateway import campaigns, scheduler
-from gateway.api import ALL, ApiError, Req, _dump, _In, _page, route
+from gateway.api import ALL, ApiError, Instant, LocalInstant, Req, _dump, _In, _page, money, route
 from gateway.models import Campaign, CampaignRun, Coupon, CouponCode, Product, Store
 
 MARKETING = ("admin", "marketer")
-Price = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
+Price = money(ge=0)
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
@@ -32,8 +30,8 @@ class ProductIn(_In):
 class CouponIn(_In):
     name: str = Field(min_length=1, max_length=200)
     value: Price
-    valid_from: datetime
-    valid_to: datetime
+    valid_from: Instant
+    valid_to: Instant
     codes: list[Annotated[str, Field(min_length=4, max_length=64)]] | None = Field(None, max_length=1_000_000)
     generate: int | None = Field(None, ge=1, le=1_000_000)
 
@@ -41,8 +39,6 @@ class CouponIn(_In):
     def _check(self):
         if self.valid_to <= self.valid_from:
             raise ValueError("valid_to must be after valid_from")
-        if self.valid_from.tzinfo is None:
-            raise ValueError("times need an offset, e.g. 2026-12-01T00:00:00+08:00")
         if self.codes and len(set(self.codes)) != len(self.codes):
             raise ValueError("codes must be unique")
         return self
@@ -64,21 +60,19 @@ class Audience(_In):
     tags: list[str] | None = None
     clerks: list[int] | None = None
     near: Near | None = None
-    bound_after: datetime | None = None
-    bound_before: datetime | None = None
+    bound_after: Instant | None = None
+    bound_before: Instant | None = None
 
 
 class Schedule(_In):
-    at: datetime | None = None
+    at: Instant | None = None
     cron: str | None = None
-    until: datetime | None = None
+    until: LocalInstant | None = None  # without an offset: in the configured zone
 
     @model_validator(mode="after")
     def _one(self):
         if (self.at is None) == (self.cron is None):
             raise ValueError("give either at or cron")
-        if self.at is not None and self.at.tzinfo is None:
-            raise ValueError("at needs an offset, e.g. 2026-12-01T10:00:00+08:00")
         if self.cron is not None:
             from apscheduler.triggers.cron import CronTrigger
 

@@ -83,7 +83,7 @@ async def customer_get(q: Req):
 @route("PATCH", "/customers/{customer_id}", roles=("admin", "store_manager"), body=CustomerPatch)
 async def customer_patch(q: Req):
     """Name, tags, and a phone verified by the brand's member system (another record with the same
-    phone is the same person: the two are merged)."""
+    phone is the same person: the two are merged; by a store manager only within their store)."""
     async with q.gw.db() as s:
         c = await _customer(s, q)
         if c.erased_at is not None:
@@ -101,14 +101,40 @@ async def customer_patch(q: Req):
             key = q.gw.config.policies.phone_hash_key
             if not key:
                 raise ApiError(422, "invalid", "set policies.phone_hash_key to record phone numbers", "phone")
-            c.phone_hash = advisors.phone_hash(key, data["phone"])
-            other = (await s.exec(select(Customer).where(Customer.phone_hash == c.phone_hash, Customer.id != c.id,
-                                                         Customer.merged_into_id.is_(None)))).first()
-            if other is not None:
+            unchanged = c.phone_hash == (phone := advisors.phone_hash(key, data["phone"]))
+            c.phone_hash = phone
+            same = (await s.exec(select(Customer).where(Customer.phone_hash == c.phone_hash, Customer.id != c.id,
+                                                        Customer.merged_into_id.is_(None))
+                                 .order_by(Customer.id).limit(20))).all()
+            mergeable = [o for o in same if await _may_merge(s, q, o)]
+            if mergeable:
+                other = mergeable[0]
                 keep, gone = (other, c) if other.id < c.id else (c, other)
                 c = await advisors.merge_customers(s, keep, gone, now, "same phone")
+            elif same and not unchanged:  # logged once, not on every save
+                other = same[0]
+                # A store manager gave the phone of a record outside their store (or of no store).
+                # Merging moved that customer, their binding and orders into the manager's store;
+                # refusing would tell them the phone exists elsewhere. So the phone is recorded
+                # and the answer is exactly that for a phone nobody has; an admin sees the pair
+                # (`merge_held`, on no customer and no store, so no store manager reads it) and
+                # merges it with the same PATCH.
+                await log_interaction(s, "merge_held", occurred_at=now, payload={
+                    "customer_ids": sorted([c.id, other.id]), "why": "same phone",
+                    "by": f"{q.who.role}:{q.who.token_id}"})
         await s.commit()
         return _dump(c, q.gw.tz)
+
+
+async def _may_merge(s, q: Req, other: Customer) -> bool:
+    """Whether the caller may fold `other` into a record of theirs: an admin always; a store
+    manager only a record of their own store whose current advisor (if any) works there too."""
+    if q.who.role != "store_manager":
+        return True
+    if other.store_id != q.who.store_id:
+        return False
+    current = await advisors.open_binding(s, other.id)
+    return current is None or current[0].store_id == q.who.store_id
 
 
 @route("POST", "/customers/{customer_id}/identities", roles=("admin",), body=IdentityLink, status=201)

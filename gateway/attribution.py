@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from gateway.models import (
     Order,
     Outbox,
     Refund,
+    Store,
 )
 from gateway.models import Identity as IdentityRow
 from gateway.sql import insert_ignore
@@ -96,25 +97,56 @@ async def last_touch(session, customer_id: int, placed_at: datetime, days: int) 
     return max(touches, key=lambda t: t[1])[0] if touches else None
 
 
-def body_hash(body: dict) -> str:
+def legacy_body_hash(body: dict) -> str:
+    """The hash stored before orders were normalised: of the body as sent (kept so that orders
+    stored then still recognise their resend)."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def order_digest(body: dict) -> str:
+    """What makes two sends the same order: the content, not how it was written. "100.0" and
+    "100.00", 10:00+08:00 and 02:00Z, coupon codes in any order are the same order (a POS that
+    resends with another formatting got a 409 before)."""
+    canon = {"v": 2, "order_id": body["order_id"], "customer": body["customer"],
+             "amount": f"{Decimal(body['amount']):.2f}", "currency": body.get("currency", "CNY"),
+             "channel": body["channel"], "store_id": body.get("store_id"),
+             "placed_at": datetime.fromisoformat(body["placed_at"]).astimezone(UTC).isoformat(),
+             "coupon_codes": sorted(set(body.get("coupon_codes") or []))}
+    return hashlib.sha256(json.dumps(canon, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _same_order_hashes(body: dict) -> set[str]:
+    """Every stored hash that means "this very order": the normalised one, and the old raw-body hash
+    of this body with its amount written any way it could have been ("88", "88.0", "88.00")."""
+    amount = Decimal(body["amount"])
+    spellings = {body["amount"], f"{amount:.2f}"} | {f"{amount:.{n}f}" for n in (0, 1) if amount == round(amount, n)}
+    return {order_digest(body)} | {legacy_body_hash({**body, "amount": a}) for a in spellings}
+
+
+async def _resend(s, old: Order, body: dict, gw: Gateway) -> tuple[int, dict]:
+    if old.body_hash not in _same_order_hashes(body):
+        raise OrderError(409, "conflict", "this order_id was sent before with different content", "order_id")
+    return 200, await _out(s, old, gw)
+
+
+async def _by_order_id(s, order_id: str) -> Order | None:
+    return (await s.execute(select(Order).where(Order.order_id == order_id))).scalar_one_or_none()
 
 
 async def record_order(gw: Gateway, body: dict) -> tuple[int, dict]:
     """(HTTP status, order) — 201 new, 200 the same order again; 409 a different one, same id."""
-    digest = body_hash(body)
     async with gw.db() as s:
-        old = (await s.execute(select(Order).where(Order.order_id == body["order_id"]))).scalar_one_or_none()
+        old = await _by_order_id(s, body["order_id"])
         if old is not None:
-            if old.body_hash != digest:
-                raise OrderError(409, "conflict", "this order_id was sent before with different content", "order_id")
-            return 200, await _out(s, old, gw)
+            return await _resend(s, old, body, gw)
+        if body.get("store_id") is not None and await s.get(Store, body["store_id"]) is None:
+            raise OrderError(422, "invalid", f"no such store: {body['store_id']}", "store_id")
         cid = await _customer(s, body["customer"])
         placed = datetime.fromisoformat(body["placed_at"])
         rules = ledger.Rules.of(gw.config)
         o = Order(order_id=body["order_id"], customer_id=cid, channel=body["channel"], amount=Decimal(body["amount"]),
                   currency=body.get("currency", "CNY"), store_id=body.get("store_id"), placed_at=placed,
-                  received_at=gw.clock.now(), body_hash=digest, rule_version=rules.version)
+                  received_at=gw.clock.now(), body_hash=order_digest(body), rule_version=rules.version)
         if cid is None:
             o.unattributed = "unknown_customer"
         else:
@@ -129,9 +161,13 @@ async def record_order(gw: Gateway, body: dict) -> tuple[int, dict]:
         s.add(o)
         try:
             await s.flush()
-        except IntegrityError:  # a concurrent resend won the UNIQUE order_id: answer as a resend
+        except IntegrityError:
+            # A concurrent send of this order_id committed first (UNIQUE order_id): answer as to a
+            # resend. Only that race: retrying any other violation recursed until RecursionError.
             await s.rollback()
-            return await record_order(gw, body)
+            if (old := await _by_order_id(s, body["order_id"])) is None:
+                raise
+            return await _resend(s, old, body, gw)
         for code in body.get("coupon_codes") or []:
             cc = (await s.execute(select(CouponCode).where(CouponCode.code == code, CouponCode.customer_id == cid)
                                   .limit(1))).scalar_one_or_none()
@@ -151,7 +187,11 @@ async def record_order(gw: Gateway, body: dict) -> tuple[int, dict]:
 
 async def record_refund(gw: Gateway, order_id: str, body: dict) -> tuple[int, dict]:
     async with gw.db() as s:
-        o = (await s.execute(select(Order).where(Order.order_id == order_id))).scalar_one_or_none()
+        # The order's row is the lock: one order's refunds are checked and written one at a time
+        # (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers). Without
+        # it, 20 concurrent refunds of 60.00 on a 100.00 order each saw nothing refunded yet and 19
+        # were accepted. It also makes refund ids follow arrival, which the ledger relies on.
+        o = (await s.execute(select(Order).where(Order.order_id == order_id).with_for_update())).scalar_one_or_none()
         if o is None:
             raise OrderError(404, "not_found", "no such order")
         amount, at = Decimal(body["amount"]), datetime.fromisoformat(body["refunded_at"])

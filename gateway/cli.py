@@ -146,38 +146,39 @@ def cmd_campaigns(args) -> int:
 def cmd_report(args) -> int:
     """`gateway report clerks|stores|campaigns|funnel`: the same figures as /api/v1/reports."""
     import json as _json
-    from datetime import datetime, timedelta
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
 
     try:
         cfg = _config(args.config)
     except ConfigError as e:
         return _fail_config(e)
-    from gateway import reports
+    from gateway import clock, reports
     from gateway.runtime import Gateway
+
+    period = {}
+    for flag, raw in (("--from", args.frm), ("--to", args.to)):
+        try:
+            period[flag] = clock.parse_local(raw, ZoneInfo(cfg.timezone)) if raw else None
+        except ValueError as e:
+            print(f"{flag}: not a date or ISO time ({e})", file=sys.stderr)
+            return 2
 
     async def run():
         gw = Gateway(cfg)
         try:
-            def when(raw, default):
-                if not raw:
-                    return default
-                t = datetime.fromisoformat(raw)
-                return t if t.tzinfo else t.replace(tzinfo=gw.tz)
-
             now = gw.clock.now()
-            return await reports.build(gw, args.kind, when(args.frm, now - timedelta(days=30)), when(args.to, now))
+            return await reports.build(gw, args.kind, period["--from"] or now - timedelta(days=30), period["--to"] or now)
         finally:
             await gw.engine.dispose()
 
-    try:
-        rows = asyncio.run(run())
-    except ValueError as e:
-        print(f"bad date: {e}", file=sys.stderr)
-        return 2
+    rows = asyncio.run(run())
     if args.format == "json":
         print(_json.dumps(rows, ensure_ascii=False, indent=2))
-    elif args.format == "csv":
-        print(reports.to_csv(rows), end="")
+    elif args.format == "csv":  # bytes: the BOM and UTF-8 whatever the terminal's encoding
+        sys.stdout.flush()
+        sys.stdout.buffer.write(reports.to_csv(rows).encode("utf-8"))
+        sys.stdout.buffer.flush()
     else:
         print(reports.to_table(rows))
     return 0

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel, ValidationError
 from sqlmodel import select
 
-from gateway import advisors, handover
+from gateway import advisors, csvsafe, handover
 from gateway.api import ApiError, ClerkIn, StoreIn, _set_work_ids
 from gateway.api_customers import CustomerPatch
 from gateway.caches import HOURS
@@ -130,8 +130,8 @@ def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
                 cells = next(reader)
             except StopIteration:
                 return
-            if any(c.strip() for c in cells):
-                yield line, cells
+            if any(c.strip() for c in cells):  # cells we escaped in an errors file come back as they were
+                yield line, [csvsafe.unescape(c) for c in cells]
 
 
 def check_file(kind: str, path: Path, config, errors_file: str | Path | None = None) -> tuple[list[str], int]:
@@ -486,7 +486,7 @@ class _Report:
     def __init__(self, result: Result, columns: list[str], out: TextIO, errors_to: TextIO | None):
         self.result, self.columns, self.out = result, columns, out
         self.keep = [i for i, c in enumerate(columns) if c != ERROR_COLUMN]
-        self.writer = csv.writer(errors_to) if errors_to is not None else None
+        self.writer = csvsafe.Writer(errors_to) if errors_to is not None else None
         if self.writer:
             self.writer.writerow([columns[i] for i in self.keep] + [ERROR_COLUMN])
 

@@ -12,7 +12,7 @@ from gateway.models import Interaction
 TYPES = (
     "invite_scan", "bound", "unbound", "message_in", "message_out", "push_queued", "push_sent",
     "push_held", "push_failed", "link_click", "coupon_issued", "coupon_redeemed", "order", "refund",
-    "opt_out", "opt_in", "handover", "queued_unassigned", "merged", "first_reply", "tagged", "erased", "forwarded",
+    "opt_out", "opt_in", "handover", "queued_unassigned", "merged", "merge_held", "first_reply", "tagged", "erased", "forwarded",
 )  # fmt: skip
 
 

@@ -6,7 +6,8 @@ and the property tests compare it with a plain reference computation.
 Rules (attribution config, versioned by `rule_version`):
   * commission: the clerk bound to the customer at `placed_at` earns amount × rate[channel];
     no binding then (or the customer was erased before) → no entry, the order is unattributed.
-  * refund: reverses refund × the same rate, never more than the order's commission left.
+  * refund: reverses refund × the same rate, never more than the order's commission left
+    (refunds taken in the order they arrived).
   * member bounty: the clerk of a customer's first binding earns `member_bounty`, once per
     customer (not for relationships brought in by `gateway import`); clawed back when that binding ends for a reason of the customer's (unbound,
     switched, erased…) within `bounty_clawback_days` — not when the clerk leaves (handover).
@@ -126,7 +127,10 @@ def entries(customer_id: int, bindings: list[BindingRec], orders: list[OrderRec]
         out.append(Entry(f"order:{o.order_id}", "commission", b.clerk_id, store, customer_id, commission,
                          order_id=o.order_id, binding_id=b.id, rule=v))
         left = commission
-        for r in sorted(by_order.get(o.order_id, []), key=lambda r: (r.refunded_at, r.id)):
+        # In arrival order (refund ids follow it: the order's row lock serialises refunds). By
+        # refunded_at, a refund that arrived late but was dated earlier recomputed the lines
+        # already written: the cap moved to another line and the reversals passed the commission.
+        for r in sorted(by_order.get(o.order_id, []), key=lambda r: r.id):
             back = min(left, fen(r.amount * rules.rates.get(o.channel, Decimal(0))))
             left -= back
             out.append(Entry(f"refund:{r.id}", "refund_reversal", b.clerk_id, store, customer_id, -back,

@@ -9,8 +9,6 @@ PostgreSQL. Campaign lift compares buyers among those who got a push with buyers
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import math
 import statistics
 from datetime import datetime, timedelta
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, func, select
 
+from gateway import csvsafe
 from gateway.models import (
     Campaign,
     CampaignRun,
@@ -294,15 +293,13 @@ async def series(session, frm: datetime, to: datetime, by: str, tz, store_id: in
 
 
 def to_csv(rows) -> str:
+    """The report as CSV for spreadsheets (BOM, formula-leading cells escaped: see csvsafe)."""
     rows = rows if isinstance(rows, list) else [rows]
     if not rows:
-        return ""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
-    return buf.getvalue()
+        return csvsafe.BOM
+    cols = list(rows[0])
+    return csvsafe.dumps(cols, ([" ".join(map(str, v)) if isinstance(v, list) else v for v in (r.get(c) for c in cols)]
+                                for r in rows))
 
 
 def to_table(rows) -> str:

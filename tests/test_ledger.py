@@ -83,7 +83,7 @@ def reference(bindings, orders, refunds, rules):
         clerk = owner[0].clerk_id
         commission = r2(o.amount * rules.rates[o.channel])
         reversed_ = Decimal(0)
-        for r in sorted((r for r in refunds if r.order_id == o.order_id), key=lambda r: r.refunded_at):
+        for r in sorted((r for r in refunds if r.order_id == o.order_id), key=lambda r: r.id):  # as they arrived
             reversed_ += min(commission - reversed_, r2(r.amount * rules.rates[o.channel]))
         totals[clerk] = totals.get(clerk, Decimal(0)) + commission - reversed_
     return {k: v for k, v in totals.items()}
@@ -247,7 +247,7 @@ async def test_reports_per_clerk_store_and_funnel_as_json_and_csv(gw, client, wo
     assert funnel["customers_chatted"] == 1 and funnel["customers_bought"] == 1 and funnel["chat_to_deal"] == 1.0
     csv_ = await client.get("/api/v1/reports/clerks?format=csv", headers=h)
     assert csv_.status == 200 and csv_.content_type == "text/csv"
-    assert (await csv_.text()).splitlines()[0].startswith("clerk_id,clerk,store_id")
+    assert (await csv_.text()).splitlines()[0].startswith("\ufeffclerk_id,clerk,store_id")  # BOM: Excel reads UTF-8
     assert (await client.get("/api/v1/reports/nope", headers=h)).status == 404
     assert (await client.get("/api/v1/reports/clerks?from=yesterday", headers=h)).status == 400
 
