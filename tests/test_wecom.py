@@ -346,7 +346,7 @@ async def test_member_quota_holds_the_31st_message_of_a_minute_and_the_1001st_of
         assert await quota.take("u", windows()) is None
         assert (await quota.take("u", windows(), n=2)).window == 0  # a split message goes whole or waits
         clock.set(start + 2 * hour)
-        for i in range(10):
+        for _ in range(10):
             assert await quota.take("h", windows(per_hour=10)) is None
             clock.advance(seconds=3)
         full = await quota.take("h", windows(per_hour=10))
