@@ -257,7 +257,7 @@ def profile_tops(paths: list[str | None]) -> dict[str, str]:
 def write_config(path: Path, url: str, secret: str) -> None:
     path.write_text(yaml.safe_dump({
         "database": {"url": url},
-        "server": {"host": "127.0.0.1", "first_run_seed": False, "log_format": "json"},
+        "server": {"host": "127.0.0.1", "first_run_seed": False, "log_format": "json", "workers": 1},
         "policies": BENCH_POLICIES,
         "accounts": [{"name": "workbench", "platform": "workbench"},
                      {"name": "webchat", "platform": "webchat", "secret": secret}],

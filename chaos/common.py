@@ -135,7 +135,7 @@ async def create_campaign(db: Database, text: str) -> int:
 def gateway_config(url: str, port: int, *, accounts: list[dict] | None = None, **sections: dict) -> dict:
     """A config for a chaos gateway: quick ticks and no policy that would hold pushes back."""
     cfg: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": port, "first_run_seed": False, "shutdown_grace": 3,
+        "server": {"host": "127.0.0.1", "port": port, "first_run_seed": False, "shutdown_grace": 3, "workers": 1,
                    "log_format": "json", "access_log": False},
         "database": {"url": url, "pool_size": 10},
         "policies": {"quiet_hours": None, "max_pushes": {"per_week": 1000}, "remind_after_minutes": None,

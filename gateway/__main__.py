@@ -1,3 +1,4 @@
 from gateway.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when multiprocessing imports it in a `--workers` child
+    raise SystemExit(main())

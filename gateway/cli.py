@@ -90,6 +90,11 @@ def cmd_serve(args) -> int:
         cfg.server.host = args.host
     if args.port:
         cfg.server.port = args.port
+    if args.workers:
+        if args.workers > 1 and cfg.database.is_sqlite:
+            return _fail_config(ConfigError([("--workers", "more than one worker needs PostgreSQL (SQLite has one "
+                                                           "writer, and live messages cannot cross processes)")]))
+        cfg.server.workers = args.workers
     return serve(cfg)
 
 
@@ -211,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int, help="processes serving the port (default: one per CPU on PostgreSQL, "
+                                               "1 on SQLite)")
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("demo", help="scripted end-to-end story on the built-in simulators")

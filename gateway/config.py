@@ -44,6 +44,12 @@ class ServerConfig(_Section):
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, JSON lines otherwise
     access_log: bool = True  # one line per HTTP request (method, path, status, ms, request id)
     fanout: Literal["auto", "local", "postgres"] = "auto"  # live messages across instances (auto: on PostgreSQL)
+    # Processes serving one port (SO_REUSEPORT), each a full gateway sharing the database like separate
+    # instances. None: one per CPU on PostgreSQL, 1 on SQLite (one writer, no cross-process live fan-out).
+    workers: int | None = Field(None, ge=1, le=64)
+
+    def worker_count(self, sqlite: bool) -> int:
+        return self.workers or (1 if sqlite else max(1, os.cpu_count() or 1))
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
@@ -257,6 +263,9 @@ def build_config(data: dict | None, env: dict[str, str] | None = None) -> Config
     # Accounts are checked even when other sections failed, so one run reports every problem.
     accounts = raw.get("accounts", _default_accounts()) if cfg is None else cfg.accounts
     accounts = _validate_accounts(accounts if isinstance(accounts, list) else [], problems)
+    if cfg is not None and (cfg.server.workers or 1) > 1 and cfg.database.is_sqlite:
+        problems.append(("server.workers", "more than one worker needs PostgreSQL (SQLite has one writer, and live "
+                                           "messages cannot cross processes without it)"))
     if problems or cfg is None:
         raise ConfigError(problems)
     cfg.accounts = accounts
