@@ -113,7 +113,7 @@ class Ingress:
         rows = [dict(platform=a.platform, account=a.account, dedupe_key=k, status="pending",
                      events=[e.to_dict() for e in evs], received_at=now, lease_until=lease, attempts=0)
                 for a, k, evs in batch]
-        async with self.gw.db() as s:
+        async with self.gw.claim_db() as s:
             res = await s.execute(
                 insert_ignore(s, InboundClaim, conflict=["platform", "account", "dedupe_key"]).values(rows)
                 .returning(InboundClaim.id, InboundClaim.platform, InboundClaim.account, InboundClaim.dedupe_key)

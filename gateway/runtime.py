@@ -60,6 +60,11 @@ class Gateway:
                                             pool_size=config.database.pool_size)
         self._owns_engine = engine is None
         self.db = session_factory(self.engine)
+        # Acks have their own connections on PostgreSQL: a claim never waits for a pool that
+        # processing, sends and reports have taken. (SQLite has one writer whatever we do.)
+        self._claim_engine = (make_engine(config.database.url, pool_size=2)
+                              if self._owns_engine and not config.database.is_sqlite else None)
+        self.claim_db = session_factory(self._claim_engine) if self._claim_engine else self.db
         postgres = self.engine.dialect.name == "postgresql"
         if config.server.fanout == "postgres" or (config.server.fanout == "auto" and postgres):
             self._hub: Hub = PgHub(self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
@@ -153,6 +158,8 @@ class Gateway:
             await self._hub.stop()
         if self._owns_engine:
             await self.engine.dispose()
+        if self._claim_engine is not None:
+            await self._claim_engine.dispose()
         self.started = False
 
     # -- the Host port ----------------------------------------------------------------------------
