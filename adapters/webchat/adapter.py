@@ -82,8 +82,10 @@ class WebchatAdapter(Adapter):
             return error_response(e.status, e.code, str(e), e.field)
         if abs(self._now() - ts) > self.config.ts_window:
             return error_response(401, "unauthorized", "ts is outside the allowed window")
-        if not crypto.check_session_sig(self.config.secret, user_id, ts, sig, unionid):
-            return error_response(401, "unauthorized", "bad signature")
+        refused = crypto.check_session(self.config.secret, user_id, ts, sig, version=body.get("v"), unionid=unionid,
+                                       legacy=self.config.legacy_signature)
+        if refused:
+            return error_response(401, "unauthorized", refused)
         return self._issue(user_id, name, unionid)
 
     async def _dev_session(self, request: web.Request) -> web.Response:

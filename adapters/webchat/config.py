@@ -14,3 +14,6 @@ class WebchatConfig(AccountConfig):
     ts_window: int = Field(300, ge=10)  # allowed clock skew of a session request
     dev_login: bool = False  # the built-in page may sign in without the brand backend (local play only)
     max_text: int = Field(4000, ge=1)
+    # Accept deprecated v1 session signatures (f"{user_id}.{ts}"; no unionid, no "." in ids). Turn it
+    # off once the brand's backend signs v2.
+    legacy_signature: bool = True
