@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
@@ -38,7 +38,9 @@ from gateway.models import (
     Transfer,
 )
 from gateway.models import Identity as IdentityRow
+from gateway.netaddr import client_address, networks
 from gateway.outbox import OutboxWorker
+from gateway.replay import SignatureBook
 from gateway.router import Dispatcher
 from gateway.tokens import Principal, hash_token, resolve_token
 
@@ -57,6 +59,8 @@ class Gateway:
                                             pool_size=config.database.pool_size)
         self._owns_engine = engine is None
         self.db = session_factory(self.engine)
+        self.signatures = SignatureBook(self.db, self.clock)
+        self._proxies = networks(config.server.trusted_proxies)
         postgres = self.engine.dialect.name == "postgresql"
         if config.server.fanout == "postgres" or (config.server.fanout == "auto" and postgres):
             self._hub: Hub = PgHub(self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
@@ -87,6 +91,10 @@ class Gateway:
     @property
     def max_body(self) -> int:
         return self.config.server.max_body
+
+    @property
+    def media_settings(self):
+        return self.config.media
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -147,6 +155,15 @@ class Gateway:
 
     def hub(self) -> Hub:
         return self._hub
+
+    def client_address(self, request) -> str:
+        """The client's IP: the peer, or what a trusted proxy (server.trusted_proxies) says it is."""
+        return client_address(request, self._proxies)
+
+    async def bind_signature(self, account: str, sign: str, msg_id: str, until: datetime) -> bool:
+        """Bind a signature that covers no body to the message it first came with (False: another
+        message used it first). Kept until `until`, when the platform's window refuses it anyway."""
+        return await self.signatures.bind(account, sign, msg_id, until)
 
     async def principal(self, token: str) -> Principal | None:
         """Token → principal, cached briefly (a revoked token stops working within 30 s)."""
