@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from functools import lru_cache
 
 from aiohttp import web
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=64)
+def _networks(items: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(networks(items))
 
 
 def networks(items: Iterable[str]) -> list[Network]:
@@ -34,9 +40,10 @@ def within(address: str | None, nets: Iterable[Network]) -> bool:
     return ip is not None and any(ip in net for net in nets)
 
 
-def client_address(request: web.Request, trusted_proxies: list[Network]) -> str:
-    """The peer, or — when the peer is a trusted proxy — the right-most X-Forwarded-For entry that is
-    not one (the left ones were written by whoever sent the request)."""
+def client_address(request: web.Request, trusted: Iterable[str]) -> str:
+    """The peer, or — when the peer is one of the `trusted` proxies (CIDRs) — the right-most
+    X-Forwarded-For entry that is not one (the left ones were written by whoever sent the request)."""
+    trusted_proxies = _networks(tuple(trusted))
     address = request.remote or ""
     if not trusted_proxies or not within(address, trusted_proxies):
         return address

@@ -65,7 +65,7 @@ def _harden(resp: web.StreamResponse) -> None:
         return
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("Referrer-Policy", "no-referrer")  # page URLs may carry a signed session or token
-    if resp.content_type == "text/html":
+    if resp.content_type in ("text/html", "image/svg+xml"):  # documents that could run script (QR SVGs: none)
         resp.headers.setdefault("Content-Security-Policy", FALLBACK_CSP)
 
 

@@ -38,7 +38,7 @@ from gateway.models import (
     Transfer,
 )
 from gateway.models import Identity as IdentityRow
-from gateway.netaddr import client_address, networks
+from gateway.netaddr import client_address
 from gateway.outbox import OutboxWorker
 from gateway.replay import SignatureBook
 from gateway.router import Dispatcher
@@ -60,7 +60,6 @@ class Gateway:
         self._owns_engine = engine is None
         self.db = session_factory(self.engine)
         self.signatures = SignatureBook(self.db, self.clock)
-        self._proxies = networks(config.server.trusted_proxies)
         postgres = self.engine.dialect.name == "postgresql"
         if config.server.fanout == "postgres" or (config.server.fanout == "auto" and postgres):
             self._hub: Hub = PgHub(self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
@@ -158,7 +157,7 @@ class Gateway:
 
     def client_address(self, request) -> str:
         """The client's IP: the peer, or what a trusted proxy (server.trusted_proxies) says it is."""
-        return client_address(request, self._proxies)
+        return client_address(request, self.config.server.trusted_proxies)
 
     async def bind_signature(self, account: str, sign: str, msg_id: str, until: datetime) -> bool:
         """Bind a signature that covers no body to the message it first came with (False: another

@@ -329,7 +329,7 @@ async def test_allowed_sources_refuse_other_peers_and_ignore_forwarded_for(dt, s
     resp = await post_callback(client, {**headers, "X-Forwarded-For": "203.0.113.7"}, body)
     assert resp.status == 401  # the test client is 127.0.0.1; X-Forwarded-For from an untrusted peer counts for nothing
     assert await count(gw, InboundClaim) == 0
-    gw._proxies = __import__("gateway.netaddr").netaddr.networks(["127.0.0.1/32"])  # server.trusted_proxies
+    gw.config.server.trusted_proxies = ["127.0.0.1/32"]  # the test client is now a trusted proxy
     assert (await post_callback(client, {**headers, "X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, body)).status == 200
     assert (await post_callback(client, {**headers, "X-Forwarded-For": "203.0.113.7, 198.51.100.1"}, body)).status == 401
 

@@ -318,6 +318,8 @@ async def test_media_requests_are_rate_limited_per_client(wecom, wsim):
     resp = await client.get(url)
     assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
     assert (await client.get("/media/wc/unsigned")).status == 429  # counted before anything else
+    spoofed = await client.get(url, headers={"X-Forwarded-For": "198.51.100.9"})
+    assert spoofed.status == 429  # an address in a header counts only from server.trusted_proxies
 
 
 async def test_links_in_relayed_messages_carry_the_signature(wecom, wsim):
