@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiohttp
-from aiohttp import web
 
 from gateway.adapter import Retryable
+from gateway.redact import redact_secrets
 
 _WAIT = re.compile(r'"wait"\s*:\s*(\d+)')
 
@@ -93,7 +93,7 @@ class ApiClient:
                     raise Retryable(f"unreadable answer with HTTP {resp.status}") from None
                 return resp.status, data if isinstance(data, dict) else {}
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise Retryable(f"network: {type(e).__name__}: {e}") from None
+            raise Retryable(_network_error(e)) from None
 
 
     async def download(self, url: str, params: dict, check) -> tuple[bytes, str]:
@@ -108,20 +108,13 @@ class ApiClient:
                     check(json.loads(body or b"{}"))
                 return body, resp.content_type
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise Retryable(f"network: {type(e).__name__}: {e}") from None
+            raise Retryable(_network_error(e)) from None
 
 
-async def media_response(download, media_id: str) -> web.StreamResponse:
-    """A media route's answer: the platform's file passed through (its token never leaves us)."""
-    from gateway.adapter import Permanent
-    from gateway.ingress import error_response
-
-    try:
-        body, ctype = await download(media_id)
-    except (Retryable, Permanent) as e:
-        return error_response(502, "upstream", str(e))
-    return web.Response(body=body, content_type=ctype or "application/octet-stream",
-                        headers={"Cache-Control": "private, max-age=86400"})
+def _network_error(e: BaseException) -> str:
+    """aiohttp names the URL in some errors (ConnectionTimeoutError: "Connection timeout to host
+    https://…/gettoken?corpsecret=…"); the message goes to the outbox row, logs and answers."""
+    return redact_secrets(f"network: {type(e).__name__}: {e}")
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import xmltodict
 
+from adapters.media import MediaLinks
 from gateway.adapter import BadRequest
 from gateway.model import Segment
 
@@ -67,10 +68,10 @@ def _num(v: str | None) -> float | None:
     return f if f is not None and math.isfinite(f) else None
 
 
-def segments(d: dict, media_prefix: str, *, pic_first: bool) -> list[Segment]:
-    """The message types WeCom apps and the Official Account share (same XML): media are links
-    to the adapter's media route. `pic_first`: use the platform's public PicUrl for images."""
-    media = f"{media_prefix}/{d.get('MediaId', '')}"
+def segments(d: dict, media: MediaLinks, at: datetime, *, pic_first: bool) -> list[Segment]:
+    """The message types WeCom apps and the Official Account share (same XML): media are signed
+    links to the adapter's media route. `pic_first`: use the platform's public PicUrl for images."""
+    media = media.url(d.get("MediaId", ""), at)
     match d.get("MsgType"):
         case "text":
             text = d.get("Content", "").strip()

@@ -8,13 +8,17 @@ only once the platform reports it done.
 
 from __future__ import annotations
 
+import logging
+
 from sqlmodel import select
 
 from gateway import advisors, handover
+from gateway.caches import WORK_IDS
 from gateway.model import Identity
-from gateway.models import Invite
+from gateway.models import ClerkIdentity, Invite
 from gateway.router import Ctx, Router
 
+log = logging.getLogger("gateway.lifecycle")
 router = Router("lifecycle")
 
 
@@ -26,6 +30,26 @@ async def clerk_left(ctx: Ctx):
     clerk.status, clerk.left_at = "left", ctx.now()
     reason = f"{ctx.event.payload.get('reason', 'left')} ({ctx.event.sender.platform})"
     await handover.hand_over(ctx.session, ctx.gw, clerk, now=ctx.now(), resigned=True, reason=reason)
+    return None
+
+
+@router.on("clerk_renamed", side="clerk")
+async def clerk_renamed(ctx: Ctx):
+    """The platform changed a clerk's user id (WeCom NewUserID): their identity row follows, or
+    their next message (under the new id) would come from a stranger."""
+    old, new = ctx.event.sender, ctx.event.payload["new_external_id"]
+    if ctx.clerk is None:
+        return None  # not one of our clerks
+    same = (ClerkIdentity.platform == old.platform, ClerkIdentity.account == old.account)
+    row = (await ctx.session.exec(select(ClerkIdentity).where(*same, ClerkIdentity.external_id == old.external_id))).first()
+    holder = (await ctx.session.exec(select(ClerkIdentity).where(*same, ClerkIdentity.external_id == new))).first()
+    if row is None or holder is not None:  # (one id per clerk and account, so the holder is someone else)
+        if holder is not None:
+            log.warning("%s %s: %s was renamed to %s, which is clerk %s's: not moved", old.platform, old.account,
+                        old.external_id, new, holder.clerk_id)
+        return None
+    row.external_id = new
+    await ctx.gw.caches.changed(ctx.session, WORK_IDS)
     return None
 
 

@@ -10,7 +10,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from aiohttp import web
@@ -128,6 +128,13 @@ class Host(Protocol):
     async def query(self, name: str, **kwargs: Any) -> Any: ...
 
     def hub(self) -> Any: ...
+
+    # Security: who is asking, replay protection, and the media route's settings (config `media`).
+    media_settings: Any
+
+    def client_address(self, request: web.Request) -> str: ...
+
+    async def bind_signature(self, account: str, sign: str, msg_id: str, until: datetime) -> bool: ...
 
 
 class Adapter(ABC):

@@ -14,6 +14,7 @@ from sqlmodel import select
 from gateway import api, logs
 from gateway.ingress import error_response
 from gateway.models import Invite
+from gateway.pages import page_response, security_headers
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.http")
@@ -169,7 +170,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def console(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC / "console.html", headers={"Cache-Control": "no-cache"})
+    return page_response(request, STATIC / "console.html")
 
 
 def _redirect(to: str):
@@ -181,7 +182,7 @@ def _redirect(to: str):
 
 def create_app(gw: Gateway, *, manage_lifecycle: bool = True) -> web.Application:
     observe = logs.middleware(lambda request: request.app[GATEWAY].metrics, gw.config.server.access_log)
-    app = web.Application(client_max_size=gw.max_body, middlewares=[observe, json_errors, refuse_nul])
+    app = web.Application(client_max_size=gw.max_body, middlewares=[observe, security_headers, json_errors, refuse_nul])
     app[GATEWAY] = gw
     for adapter in gw.adapters.values():
         for r in adapter.routes():

@@ -52,9 +52,11 @@ class Caches:
             self.invalidate(kind)
 
     async def changed(self, session, kind: str) -> None:
-        """`session`'s transaction changes `kind`: drop it here on commit, everywhere on PostgreSQL."""
+        """`session`'s transaction changes `kind`: drop it here now and on commit (another batch may
+        have refilled it from the old rows meanwhile), and everywhere on PostgreSQL."""
         if kind not in KINDS:
             raise ValueError(f"unknown cache {kind!r}")
+        self.invalidate(kind)  # this transaction's later reads must not use the old entries either
         event.listen(session.sync_session, "after_commit", lambda _s: self.invalidate(kind), once=True)
         if session.bind.dialect.name == "postgresql":
             await session.execute(select(func.pg_notify(CHANNEL, kind)))

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.adapter import account_config_class, platforms
+from gateway.netaddr import networks
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HHMM_RANGE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
@@ -50,6 +51,16 @@ class ServerConfig(_Section):
 
     def worker_count(self, sqlite: bool) -> int:
         return self.workers or (1 if sqlite else max(1, os.cpu_count() or 1))
+    # CIDRs of the reverse proxies / load balancers in front of the gateway. Only a request from one
+    # of them has its X-Forwarded-For believed (the client address for media rate limits and
+    # DingTalk's allowed_sources); anyone else could write any address there.
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        networks(v)
+        return v
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
@@ -140,6 +151,16 @@ class OrdersConfig(_Section):
     webhook_secret: str | None = None
 
 
+class MediaConfig(_Section):
+    """The media route (/media/<account>/<code>): links the gateway signs, and what one client may fetch."""
+
+    # Signs media links (HMAC). Unset: each account's key is derived from its own platform secret,
+    # which every instance shares already. Changing it (or that secret) ends the links handed out.
+    secret: str | None = Field(None, min_length=16)
+    link_ttl: int = Field(3 * 24 * 3600, ge=60)  # seconds a link works (the platforms keep files 3 days)
+    rate_per_minute: int = Field(120, ge=1)  # media requests per client address and account
+
+
 class CampaignsConfig(_Section):
     tick_seconds: float = Field(5.0, gt=0)  # how often schedules are checked and runs picked up
     misfire_grace_seconds: int = Field(3600, ge=0)  # a fire time missed by more (gateway down) is skipped
@@ -167,6 +188,7 @@ class Config(_Section):
     outbox: OutboxConfig = OutboxConfig()
     ingress: IngressConfig = IngressConfig()
     campaigns: CampaignsConfig = CampaignsConfig()
+    media: MediaConfig = MediaConfig()
 
     @field_validator("timezone")
     @classmethod

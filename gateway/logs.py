@@ -1,5 +1,5 @@
 """Logs: structured (JSON lines for collectors, or readable text), with the request id of the
-HTTP request that caused them and phone numbers masked, whatever logger wrote them."""
+HTTP request that caused them, phone numbers masked and secrets redacted, whatever logger wrote them."""
 
 from __future__ import annotations
 
@@ -13,16 +13,18 @@ import structlog
 from aiohttp import web
 
 from gateway.privacy import mask_phones
+from gateway.redact import redact_secrets
 
 _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access = logging.getLogger("gateway.access")
 
 
 def _mask(_, __, event: dict) -> dict:
-    """PII never leaves whole: phones in the message and in every string field."""
+    """PII never leaves whole: phones in the message and in every string field; nor do secrets
+    (tokens, platform secrets, signed URLs) a library put in an exception message."""
     for k, v in event.items():
         if isinstance(v, str):
-            event[k] = mask_phones(v)
+            event[k] = redact_secrets(mask_phones(v))
     return event
 
 

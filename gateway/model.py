@@ -138,6 +138,15 @@ class Target:
         return Target(Identity.from_dict(d["identity"]), d.get("customer_id"), d.get("clerk_id"), d.get("hints") or {})
 
 
+def dedupe_key(kind: str, *parts: object) -> str:
+    """An Event's dedupe key: `kind:part:part…` with ":" and "%" escaped inside each part, so two
+    different tuples never make the same key (user `gina`, message `vip:m-1` and user `gina:vip`,
+    message `m-1` both read `msg:gina:vip:m-1` when joined bare, and the second was dropped as a
+    duplicate). Parts without those characters come out as before, so keys claimed by an older
+    release still match their retries."""
+    return ":".join([kind, *(str(p).replace("%", "%25").replace(":", "%3A") for p in parts)])
+
+
 @dataclass
 class Event:
     """One thing that happened on a platform, already verified and parsed.

@@ -186,6 +186,17 @@ class InboundClaim(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_type=sa.Text)
 
 
+class CallbackSignature(SQLModel, table=True):
+    """A platform signature that covers no body (DingTalk's robot sign), bound to the one message it
+    first came with, until its timestamp leaves the window. The primary key is the check."""
+
+    __tablename__ = "callback_signature"
+    account: str = Field(max_length=64, primary_key=True)
+    sign: str = Field(max_length=128, primary_key=True)
+    msg_id: str = Field(max_length=128)
+    expires_at: datetime = _ts(index=True)
+
+
 class Outbox(SQLModel, table=True):
     __table_args__ = (
         # Each account's send lane claims its own due rows in this order (gateway/outbox.py).

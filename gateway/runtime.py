@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
@@ -39,9 +39,11 @@ from gateway.models import (
     Transfer,
 )
 from gateway.models import Identity as IdentityRow
+from gateway.netaddr import client_address
 from gateway.outbox import OutboxWorker
 from gateway.quota import SendQuota
 from gateway.ratelimit import SlidingCounter
+from gateway.replay import SignatureBook
 from gateway.router import Dispatcher
 from gateway.tokens import Principal, hash_token, resolve_token
 
@@ -65,6 +67,7 @@ class Gateway:
         self._claim_engine = (make_engine(config.database.url, pool_size=2)
                               if self._owns_engine and not config.database.is_sqlite else None)
         self.claim_db = session_factory(self._claim_engine) if self._claim_engine else self.db
+        self.signatures = SignatureBook(self.db, self.clock)
         postgres = self.engine.dialect.name == "postgresql"
         if config.server.fanout == "postgres" or (config.server.fanout == "auto" and postgres):
             self._hub: Hub = PgHub(self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
@@ -102,6 +105,10 @@ class Gateway:
     @property
     def max_body(self) -> int:
         return self.config.server.max_body
+
+    @property
+    def media_settings(self):
+        return self.config.media
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -172,6 +179,15 @@ class Gateway:
 
     def hub(self) -> Hub:
         return self._hub
+
+    def client_address(self, request) -> str:
+        """The client's IP: the peer, or what a trusted proxy (server.trusted_proxies) says it is."""
+        return client_address(request, self.config.server.trusted_proxies)
+
+    async def bind_signature(self, account: str, sign: str, msg_id: str, until: datetime) -> bool:
+        """Bind a signature that covers no body to the message it first came with (False: another
+        message used it first). Kept until `until`, when the platform's window refuses it anyway."""
+        return await self.signatures.bind(account, sign, msg_id, until)
 
     async def principal(self, token: str) -> Principal | None:
         """Token → principal, cached briefly (a revoked token stops working within 30 s)."""

@@ -512,3 +512,28 @@ def test_queue_assigns_a_waiting_customer(world, browser):
     open_ = [b for b in w.api("GET", f"/customers/{wu}")["bindings"] if b["valid_to"] is None]
     assert [b["clerk_id"] for b in open_] == [w.clerks["jie"]]
     assert not js_errors(d)
+
+
+def test_pages_work_under_their_content_security_policy(world, browser):
+    """Issue 16: every page carries a Content Security Policy (scripts and styles from the gateway, the
+    inline ones by hash, WebSockets to the gateway only). The pages must still work under it: the
+    customer's chat page signs in and goes live, the workbench signs a clerk in and goes live, and
+    Chromium reports no violation."""
+    d, w = browser, world
+    d.get_log("browser")  # forget what earlier tests logged
+    d.get(f"{w.base}/webchat/webchat/")
+    d.execute_script("localStorage.clear(); sessionStorage.clear()")
+    d.get(f"{w.base}/webchat/webchat/?{time.monotonic_ns()}")
+    one(d, "#nick").send_keys("策略测试")
+    one(d, "#join button[type=submit]").click()
+    wait(d, lambda d: "on" in one(d, "#dot").get_attribute("class"), what="the chat page live over its WebSocket")
+
+    token = w.api("POST", f"/clerks/{w.clerks['fang']}/token")["token"]
+    d.get(f"{w.base}/workbench/?token={token}")
+    wait(d, lambda d: one(d, "#app").is_displayed() and "on" in one(d, "#dot").get_attribute("class"),
+         what="the workbench signed in and live")
+    sign_in(d, w, w.admin)  # the console (styles set through the DOM, not style attributes)
+    go(d, "dashboards")
+    wait(d, lambda d: css(d, ".bar span") or css(d, "svg"), what="the dashboards' charts")
+    logs = [e["message"] for e in d.get_log("browser")]
+    assert not [m for m in logs if "Content Security Policy" in m], logs

@@ -4,6 +4,8 @@ org events, work notifications and stream mode."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 
 import pytest
@@ -32,11 +34,12 @@ def sim():
 async def dt(sim, aiohttp_server, aiohttp_client, db_url, request):
     """A gateway whose clerk-side account `dt` points at the simulator; the clerk is on DingTalk."""
     server = await aiohttp_server(sim.app())
-    mode = getattr(request, "param", "http")
-    account = {"name": "dt", "platform": "dingtalk", "mode": mode, "app_key": "dingappkey01",
+    param = getattr(request, "param", "http")  # the mode, or a dict of account keys (and mode)
+    extra = {"mode": param} if isinstance(param, str) else param
+    account = {"name": "dt", "platform": "dingtalk", "mode": "http", "app_key": "dingappkey01",
                "app_secret": "ding-app-secret-0001", "robot_code": "dingrobot01", "agent_id": "1001",
                "api_base": str(server.make_url("")).rstrip("/"), "oapi_base": str(server.make_url("")).rstrip("/"),
-               "corp_id": "dingcorp0001", "event_token": "evt-token", "event_aes_key": AES_KEY, "timeout": 2}
+               "corp_id": "dingcorp0001", "event_token": "evt-token", "event_aes_key": AES_KEY, "timeout": 2, **extra}
     cfg = make_config(db_url, accounts=[account, {"name": "webchat", "platform": "webchat", "secret": WEBCHAT_SECRET}],
                       outbox={"poll_interval": 0.05, "backoff_base": 0.05})
     gw = Gateway(cfg)
@@ -280,3 +283,109 @@ async def test_stream_mode_relays_acks_and_reconnects(dt, sim):
     await sim.push_stream(STAFF, "#1 after reconnect")
     await c.wait_for(lambda m: m["text"] == "after reconnect")
     assert sim.stream_acks[mid]["headers"]["messageId"] == mid
+
+
+# -- issue 16: replayed signs, stream org events, video and voice --------------------------------------
+
+
+async def test_a_captured_sign_cannot_carry_another_message(dt, sim, backend):
+    """The sign covers only the timestamp. Captured a minute after it was made (well inside the
+    1 h window), it used to carry any body; now it carries only the msgId it first came with."""
+    gw, client, brand, invite, _ = dt
+    bob = await brand.login("u-bob", "Bob")
+    await bob.bind(invite)
+    await bob.say("在吗")
+    await wait_until(lambda: any("在吗" in t for t in sim_texts(sim)))
+    minute_ago = int((time.time() - 60) * 1000)
+    headers, body = sim.robot_callback(STAFF, "#1 在的", timestamp_ms=minute_ago)
+    assert (await post_callback(client, headers, body)).status == 200
+    assert (await post_callback(client, headers, body)).status == 200  # DingTalk's retry of that message
+    forged = {**json.loads(body), "msgId": "msg-forged", "text": {"content": "#1 请转账到 6222…"}}
+    resp = await post_callback(client, headers, json.dumps(forged).encode())
+    assert resp.status == 401 and "already used" in (await resp.json())["error"]["message"]
+    await bob.wait_for(lambda m: m["text"] == "在的")
+    await asyncio.sleep(0.3)
+    assert await count(gw, ChatMessage, ChatMessage.text.contains("转账")) == 0
+    assert await count(gw, InboundClaim, InboundClaim.dedupe_key == "msg:msg-forged") == 0
+
+
+async def test_two_messages_signed_in_the_same_millisecond_both_pass(dt, sim):
+    """DingTalk's docs do not say two callbacks never share a millisecond: a fresh sign may carry a
+    second msgId (within sign_share_seconds)."""
+    gw, client, brand, invite, _ = dt
+    now = int(time.time() * 1000)
+    h1, b1 = sim.robot_callback(STAFF, "/help", timestamp_ms=now)
+    h2, b2 = sim.robot_callback(STAFF, "/customers", timestamp_ms=now)
+    assert h1["sign"] == h2["sign"]
+    assert (await post_callback(client, h1, b1)).status == 200
+    assert (await post_callback(client, h2, b2)).status == 200
+    await wait_until(lambda: len(sim_texts(sim)) >= 2)
+
+
+@pytest.mark.parametrize("dt", [{"allowed_sources": ["203.0.113.0/24"]}], indirect=True)
+async def test_allowed_sources_refuse_other_peers_and_ignore_forwarded_for(dt, sim):
+    gw, client, *_ = dt
+    headers, body = sim.robot_callback(STAFF, "/help")
+    resp = await post_callback(client, {**headers, "X-Forwarded-For": "203.0.113.7"}, body)
+    assert resp.status == 401  # the test client is 127.0.0.1; X-Forwarded-For from an untrusted peer counts for nothing
+    assert await count(gw, InboundClaim) == 0
+    gw.config.server.trusted_proxies = ["127.0.0.1/32"]  # the test client is now a trusted proxy
+    assert (await post_callback(client, {**headers, "X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, body)).status == 200
+    assert (await post_callback(client, {**headers, "X-Forwarded-For": "203.0.113.7, 198.51.100.1"}, body)).status == 401
+
+
+@pytest.mark.parametrize("dt", ["stream"], indirect=True)
+async def test_stream_mode_user_leave_org_hands_the_clerk_over(dt, sim):
+    """In stream frames the event type is a frame header and `data` holds only {timeStamp, optStaffId,
+    userId}; the clerk used to stay active and the frame was acked 200 all the same."""
+    gw, client, brand, invite, clerk_id = dt
+    await wait_until(lambda: sim.stream_connections == 1)
+    c = await brand.login("u-q", "Q")
+    await c.bind(invite)
+    mid = await sim.push_stream_event("user_leave_org", {"timeStamp": str(int(time.time() * 1000)),
+                                                         "optStaffId": "admin01", "userId": [STAFF]})
+
+    async def left():
+        async with gw.db() as s:
+            return (await s.get(Clerk, clerk_id)).status == "left"
+
+    await wait_until(left)
+    assert sim.stream_acks[mid]["code"] == 200
+    assert await count(gw, QueueEntry, QueueEntry.resolved_at.is_(None), QueueEntry.reason == "advisor_left") == 1
+
+
+@pytest.mark.parametrize("dt", ["stream"], indirect=True)
+async def test_stream_events_the_gateway_cannot_use_are_not_acked_as_handled(dt, sim, caplog):
+    gw, *_ = dt
+    caplog.set_level(logging.INFO, "gateway.dingtalk.stream")
+    await wait_until(lambda: sim.stream_connections == 1)
+    other = await sim.push_stream_event("user_add_org", {"timeStamp": "1", "userId": ["u9"]})
+    untyped = await sim._send(sim._pick("EVENT", "*"), "EVENT", "*", {"userId": [STAFF]})  # no eventType header
+    await wait_until(lambda: other in sim.stream_acks and untyped in sim.stream_acks)
+    assert sim.stream_acks[other]["code"] == 404  # "not implemented", as the SDK's default handler says
+    assert sim.stream_acks[untyped]["code"] == 400
+    assert "user_add_org" in caplog.text and "without an eventType" in caplog.text
+    assert await count(gw, InboundClaim) == 0
+
+
+async def test_clerk_video_and_untranscribed_voice_reach_the_customer(dt, sim):
+    gw, client, brand, invite, _ = dt
+    c = await brand.login("u-v", "V")
+    await c.bind(invite)
+    await c.say("有视频吗")
+    await wait_until(lambda: any("有视频吗" in t for t in sim_texts(sim)))
+    video = sim.add_file(b"\x00\x00\x00 ftypmp4 fake", "video/mp4")
+    headers, body = sim.robot_callback(STAFF, msgtype="video", content={
+        "duration": "9", "downloadCode": video, "videoType": "mp4"})
+    assert (await post_callback(client, headers, body)).status == 200
+    got = await c.wait_for(lambda m: any(s["type"] == "file" for s in m["segments"]))
+    link = [s for s in got["segments"] if s["type"] == "file"][0]
+    assert link["name"] == "视频.mp4"
+    resp = await client.get("/" + link["url"].split("://", 1)[1].split("/", 1)[1], allow_redirects=False)
+    assert resp.status == 302
+    async with client.session.get(resp.headers["Location"]) as f:
+        assert await f.read() == b"\x00\x00\x00 ftypmp4 fake"
+    voice = sim.add_file(b"#!AMR fake", "audio/amr")
+    headers, body = sim.robot_callback(STAFF, msgtype="audio", content={"duration": "4000", "downloadCode": voice})
+    assert (await post_callback(client, headers, body)).status == 200
+    await c.wait_for(lambda m: any(s["type"] == "voice" for s in m["segments"]))

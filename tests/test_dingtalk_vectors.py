@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapters.dingtalk import crypto, events
+from adapters.media import MediaLinks
 from gateway.adapter import BadRequest, Unauthorized
 
 VECTORS = sorted((Path(__file__).parent / "vectors" / "dingtalk").glob("*.json"))
@@ -20,7 +21,8 @@ VECTORS = sorted((Path(__file__).parent / "vectors" / "dingtalk").glob("*.json")
 @pytest.mark.parametrize("path", VECTORS, ids=[p.stem for p in VECTORS])
 def test_parse_vector(path):
     v = json.loads(path.read_text(encoding="utf-8"))
-    raw = events.DingTalkRaw("dt", v["kind"], v["body"], datetime(2026, 1, 1, tzinfo=UTC), "http://gw.example/media/dt")
+    raw = events.DingTalkRaw("dt", v["kind"], v["body"], datetime(2026, 1, 1, tzinfo=UTC),
+                             MediaLinks("http://gw.example/media/dt"))
     got = [
         {"type": e.type, "side": e.side, "sender": [e.sender.platform, e.sender.account, e.sender.external_id],
          "dedupe_key": e.dedupe_key, "segments": [s.to_dict() for s in e.message.segments] if e.message else None,

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from adapters import webim, wxml
 from adapters.dingtalk import crypto as dt_crypto
 from adapters.dingtalk import events as dt_events
+from adapters.media import MediaLinks
 from adapters.simkit import CallbackCipher
 from adapters.webchat import crypto as wc_crypto
 from adapters.webchat import events as webchat_events
@@ -124,7 +125,7 @@ DT_EVENT = st.fixed_dictionaries({}, optional={
 # -- DingTalk -------------------------------------------------------------------------------------------
 
 def _dt(body, kind="robot"):
-    return dt_events.DingTalkRaw("dt", kind, body, NOW, "http://gw.example/media/dt")
+    return dt_events.DingTalkRaw("dt", kind, body, NOW, MediaLinks("http://gw.example/media/dt"))
 
 
 @FUZZ
@@ -267,9 +268,9 @@ def test_webchat_token_round_trip_and_session_sig(user_id, name, unionid, sig):
     assert claims["u"] == user_id and claims["n"] == name and claims.get("x") == unionid
     assert wc_crypto.read_token("another-secret-0123456789", token, 1_000_000_000) is None
     assert wc_crypto.read_token(SECRET, token, 2_000_000_001) is None  # expired
-    good = wc_crypto.session_sig(SECRET, user_id, 1, unionid)
-    assert wc_crypto.check_session_sig(SECRET, user_id, 1, good.upper(), unionid)
-    assert wc_crypto.check_session_sig(SECRET, user_id, 1, sig, unionid) == (sig.lower() == good)
+    good = wc_crypto.sign_v2(SECRET, user_id, 1, unionid)
+    assert wc_crypto.check_session(SECRET, user_id, 1, good.upper(), version=2, unionid=unionid) is None
+    assert (wc_crypto.check_session(SECRET, user_id, 1, sig, version=2, unionid=unionid) is None) == (sig.lower() == good)
 
 
 # -- the Tencent XML (WeCom, the Official Account) -------------------------------------------------------
@@ -329,11 +330,11 @@ def test_xml_fields(doc):
 
 
 def _wecom(fields):
-    return wecom_events.WeComRaw("wc", "callback", fields, NOW, "http://gw.example/media/wc")
+    return wecom_events.WeComRaw("wc", "callback", fields, NOW, MediaLinks("http://gw.example/media/wc"))
 
 
 def _mp(fields):
-    return mp_events.WeChatMpRaw("mp", "callback", fields, NOW, "http://gw.example/media/mp")
+    return mp_events.WeChatMpRaw("mp", "callback", fields, NOW, MediaLinks("http://gw.example/media/mp"))
 
 
 WECOM_CRYPTO = wecom_crypto.CallbackCrypto(TOKEN, AES_KEY, CORP)
@@ -445,7 +446,7 @@ def test_split_text(text, limit):
 def test_wxml_segments_and_create_time(d, pic_first):
     with bounded():
         at = wxml.create_time(d, NOW)
-        segs = wxml.segments(d, "http://gw.example/media/x", pic_first=pic_first)
+        segs = wxml.segments(d, MediaLinks("http://gw.example/media/x", b"k" * 32), NOW, pic_first=pic_first)
     assert at.tzinfo is not None
     json.dumps([s.to_dict() for s in segs], allow_nan=False)
     for key in ("MsgType", "Content", "CreateTime"):

@@ -1112,7 +1112,7 @@ def test_the_shared_renderer_uses_text_content_and_vets_urls():
     assert "x.protocol === 'http:' || x.protocol === 'https:'" in js and "/^data:image\\//i" in js
     # every href / src is assigned a value that came out of safeUrl() (u, url, img in segment() and link())
     assert re.findall(r"\.(?:href|src)\s*=\s*(\w+)", js) == ["url", "u", "img"]
-    assert re.findall(r"(?<!function )\blink\((\w+)", js) == ["u", "u"]
+    assert re.findall(r"(?<!function )\blink\((\w+)", js) == ["u", "u", "u"]
 
 
 # == 6. findings outside the adapters (fixed in gateway/: api.py, app.py, ingress.py) ===================

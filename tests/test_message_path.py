@@ -138,7 +138,7 @@ async def test_a_poison_event_does_not_sink_its_batch(gw, world, backend):
         relays = [r.message["segments"][0]["text"] for r in await rows(gw, Outbox, Outbox.kind == "relay")]
         assert relays == ["【u-a #1】one", "【u-a #1】two"]
         bad = (await rows(gw, InboundClaim, InboundClaim.id == batch[1][0]))[0]
-        assert bad.status == "pending" and bad.attempts == 1 and bad.last_error
+        assert bad.status == "pending" and bad.attempts >= 1 and bad.last_error  # retried later, alone
     finally:
         await gw.ingress.stop(1)
 

@@ -31,7 +31,7 @@ async def test_session_signature(client, gw):
     resp = await client.post("/webchat/webchat/session", json=good)
     assert resp.status == 200 and (await resp.json())["token"]
 
-    forged = {**good, "sig": crypto.session_sig("not-the-secret-000000", "u-1", good["ts"])}
+    forged = {**good, "sig": crypto.sign_v2("not-the-secret-000000", "u-1", good["ts"])}
     resp = await client.post("/webchat/webchat/session", json=forged)
     assert resp.status == 401
     assert (await resp.json())["error"]["code"] == "unauthorized"
@@ -128,13 +128,13 @@ async def test_html_in_names_and_text_is_stored_verbatim(client, gw, world):
 
 
 async def test_a_unionid_must_be_signed_to_count(client, gw):
-    from adapters.webchat.crypto import session_sig
+    from adapters.webchat.crypto import sign_v2
 
     ts = int(gw.clock.now().timestamp())
-    base = {"user_id": "u-union", "ts": ts}
+    base = {"v": 2, "user_id": "u-union", "ts": ts}
     unsigned = await client.post("/webchat/webchat/session",
-                                 json={**base, "sig": session_sig(WEBCHAT_SECRET, "u-union", ts), "unionid": "uX"})
-    assert unsigned.status == 401  # the old signature does not cover a unionid
+                                 json={**base, "sig": sign_v2(WEBCHAT_SECRET, "u-union", ts), "unionid": "uX"})
+    assert unsigned.status == 401  # a signature without the unionid does not cover one
     signed = await client.post("/webchat/webchat/session", json={
-        **base, "unionid": "uX", "sig": session_sig(WEBCHAT_SECRET, "u-union", ts, "uX")})
+        **base, "unionid": "uX", "sig": sign_v2(WEBCHAT_SECRET, "u-union", ts, "uX")})
     assert signed.status == 200

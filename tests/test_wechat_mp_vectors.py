@@ -16,6 +16,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from adapters.media import MediaLinks
 from adapters.wechat_mp import events
 from adapters.wxml import xml_fields
 from gateway.adapter import BadRequest
@@ -23,7 +24,7 @@ from gateway.model import Event
 
 VECTORS = sorted((Path(__file__).parent / "vectors" / "wechat_mp").glob("*.json"))
 RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
-MEDIA = "http://gw.example/media/mp"
+MEDIA = MediaLinks("http://gw.example/media/mp")
 
 # vector stem -> what the documentation says that the parser does not do
 DISAGREEMENTS: dict[str, str] = {}

@@ -256,6 +256,39 @@ async def test_webchat_customer_and_wecom_clerk_chat_both_ways(wc, sim, backend)
     assert sim.dropped == []
 
 
+async def test_a_renamed_member_is_still_the_clerk(wc, sim, backend):
+    """Issue 16: an admin changes a member's UserID (change_contact / update_user with NewUserID). The
+    clerk's later messages carry the new id; they used to come from "a stranger" and were lost."""
+    gw, client, brand, invite, lin, _ = wc
+    alice = await brand.login("u-alice", "Alice")
+    await alice.bind(invite)
+    await alice.say("在吗")
+    await wait_until(lambda: "【Alice #1】在吗" in texts_to(sim))
+    assert (await post(client, sim.rename_user("zhangsan", "zhangsan001"))).status == 200
+
+    async def renamed():
+        async with gw.db() as s:
+            row = (await s.exec(select(ClerkIdentity).where(ClerkIdentity.clerk_id == lin))).one()
+            return row.external_id == "zhangsan001"
+
+    await wait_until(renamed)
+    assert (await post(client, sim.message_callback("zhangsan001", "#1 在的"))).status == 200
+    await alice.wait_for(lambda m: m["text"] == "在的")
+    await wait_until(lambda: any(t.startswith("→ 已发送给 Alice #1") for t in texts_to(sim, "zhangsan001")))
+    await alice.say("好的")  # and the customer's next message reaches the clerk under the new id
+    await wait_until(lambda: "【Alice #1】好的" in texts_to(sim, "zhangsan001"))
+    assert not any("还不是本品牌的导购" in t for t in texts_to(sim, "zhangsan001"))
+
+
+async def test_a_rename_onto_another_clerks_id_moves_nothing(wc, sim):
+    gw, client, _, _, lin, fang = wc
+    assert (await post(client, sim.rename_user("zhangsan", "lisi"))).status == 200  # lisi is fang's
+    await wait_until(lambda: count(gw, InboundClaim, InboundClaim.status == "done"))
+    async with gw.db() as s:
+        rows = dict((await s.execute(select(ClerkIdentity.clerk_id, ClerkIdentity.external_id))).all())
+    assert rows == {lin: "zhangsan", fang: "lisi"}
+
+
 async def test_clerk_reply_to_a_wechat_contact_becomes_a_task_then_delivered(wc, sim):
     gw, client, _, invite, *_ = wc
     cid = await scan(gw, client, sim, "wmCust0002", invite, name="Bob")

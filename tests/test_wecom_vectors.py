@@ -14,6 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from adapters.media import MediaLinks
 from adapters.wecom import events
 from adapters.wxml import xml_fields
 from gateway.adapter import BadRequest
@@ -21,7 +22,7 @@ from gateway.model import Event
 
 VECTORS = sorted((Path(__file__).parent / "vectors" / "wecom").glob("*.json"))
 RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
-MEDIA = "http://gw.example/media/wc"
+MEDIA = MediaLinks("http://gw.example/media/wc")
 
 
 def _raw(data: dict[str, str]) -> events.WeComRaw:

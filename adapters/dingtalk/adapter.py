@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
@@ -12,6 +13,7 @@ from adapters.dingtalk import codec, crypto, events
 from adapters.dingtalk.api import DingTalkApi
 from adapters.dingtalk.config import DingTalkConfig
 from adapters.dingtalk.stream import StreamClient
+from adapters.media import MediaLinks, MediaRoute
 from adapters.webim import loads_json, read_json
 from gateway.adapter import (
     Adapter,
@@ -24,7 +26,7 @@ from gateway.adapter import (
     Unauthorized,
     register,
 )
-from gateway.ingress import error_response
+from gateway.netaddr import networks, within
 from gateway.quota import Window
 
 
@@ -43,15 +45,17 @@ class DingTalkAdapter(Adapter):
         self.events = (crypto.EventCrypto(config.event_token, config.event_aes_key, config.corp_id)
                        if config.event_token else None)
         self.stream = StreamClient(self) if config.mode == "stream" else None
+        self.media_route = MediaRoute(self, config.app_secret, locate=self.api.download_url)
+        self._sources = networks(config.allowed_sources)
         # Work notifications fail silently past these limits, so they are counted here:
         # (user, day) -> sent count, and (user, day, content hash) already sent.
 
     @property
-    def media_prefix(self) -> str:
-        return f"{self.host.base_url}/media/{self.account}"
+    def media(self) -> MediaLinks:
+        return self.media_route.links
 
     def routes(self) -> list[RouteDef]:
-        return [RouteDef("GET", f"/media/{self.account}/{{code}}", self._media)]
+        return [self.media_route.route()]
 
     def connected(self) -> bool:
         return self.stream is None or self.stream.connected
@@ -71,6 +75,8 @@ class DingTalkAdapter(Adapter):
     async def verify(self, request: web.Request) -> events.DingTalkRaw:
         if request.method != "POST":
             raise BadRequest("DingTalk callbacks are POSTs", status=405, code="method_not_allowed")
+        if self._sources and not within(self.host.client_address(request), self._sources):
+            raise Unauthorized("callback from an address outside allowed_sources")
         q = request.query
         if "signature" in q or "msg_signature" in q:  # event subscription: an encrypted envelope
             if self.events is None:
@@ -82,11 +88,27 @@ class DingTalkAdapter(Adapter):
                                         q.get("nonce", ""), body["encrypt"])
             data = loads_json(plain, "event plaintext")
             return events.DingTalkRaw(self.account, "event", data if isinstance(data, dict) else {}, self.host.clock.now())
-        crypto.check_robot_sign(self.config.app_secret, request.headers.get("timestamp", ""),
-                                request.headers.get("sign", ""), int(self.host.clock.now().timestamp() * 1000),
+        now = self.host.clock.now()
+        timestamp, sign = request.headers.get("timestamp", ""), request.headers.get("sign", "")
+        crypto.check_robot_sign(self.config.app_secret, timestamp, sign, int(now.timestamp() * 1000),
                                 self.config.timestamp_window)
         body = await read_json(request, self.host.max_body)
-        return events.DingTalkRaw(self.account, "robot", body, self.host.clock.now(), self.media_prefix)
+        msg_id = body.get("msgId")  # parse refuses a missing or overlong one (400)
+        if isinstance(msg_id, str) and 0 < len(msg_id) <= events.MAX_ID and \
+                not await self._sign_fits(sign, int(timestamp), msg_id):
+            raise Unauthorized("this sign was already used for another message")
+        return events.DingTalkRaw(self.account, "robot", body, now, self.media)
+
+    async def _sign_fits(self, sign: str, timestamp_ms: int, msg_id: str) -> bool:
+        """The sign covers only the timestamp, so a captured timestamp/sign pair would carry any body
+        for the whole window. It is bound to the first msgId it came with (a retry of that message
+        still passes). DingTalk's docs do not rule out two callbacks signed in the same millisecond,
+        so while the timestamp is at most `sign_share_seconds` old another msgId may share it."""
+        signed_at = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+        until = signed_at + timedelta(seconds=self.config.timestamp_window)  # refused by the window after
+        if await self.host.bind_signature(self.account, sign, msg_id, until):
+            return True
+        return abs((self.host.clock.now() - signed_at).total_seconds()) <= self.config.sign_share_seconds
 
     def parse(self, raw: events.DingTalkRaw):
         return events.parse(raw)
@@ -140,11 +162,3 @@ class DingTalkAdapter(Adapter):
         for key in keys:
             await self.host.quota.give_back(key)
 
-    async def _media(self, request: web.Request) -> web.StreamResponse:
-        """A picture or file a clerk sent, resolved to DingTalk's short-lived download URL."""
-        code = request.match_info["code"]
-        try:
-            url = await self.api.download_url(code)
-        except (Retryable, Permanent) as e:
-            return error_response(502, "upstream", str(e))
-        raise web.HTTPFound(url)

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway.adapter import AccountConfig
+from gateway.netaddr import networks
 
 
 class DingTalkConfig(AccountConfig):
@@ -20,9 +21,19 @@ class DingTalkConfig(AccountConfig):
     corp_id: str | None = None
     event_token: str | None = Field(None, max_length=64)
     event_aes_key: str | None = Field(None, min_length=43, max_length=43)
-    timestamp_window: int = Field(3600, ge=60)  # seconds a robot callback's timestamp may be off
+    timestamp_window: int = Field(3600, ge=60)  # seconds a robot callback's timestamp may be off (DingTalk: 1 h)
+    # Another message may come with a sign already used only while its timestamp is this fresh
+    # (two callbacks may be signed in the same millisecond); after that a sign serves one msgId.
+    sign_share_seconds: float = Field(5.0, ge=0, le=60)
+    allowed_sources: list[str] = []  # CIDRs HTTP callbacks must come from (empty: any); see server.trusted_proxies
     notice_daily_limit: int = Field(500, ge=1)  # work notifications per user per day
     timeout: float = Field(10.0, gt=0)  # seconds per API call
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        networks(v)
+        return v
 
     @model_validator(mode="after")
     def _events_complete(self):

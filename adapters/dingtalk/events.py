@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from adapters.media import MediaLinks
 from gateway.adapter import BadRequest
-from gateway.model import Event, Identity, Message, Segment
+from gateway.model import Event, Identity, Message, Segment, dedupe_key
 
 PLATFORM = "dingtalk"
 ROBOT_TOPIC = "/v1.0/im/bot/messages/get"
@@ -20,12 +21,12 @@ class DingTalkRaw:
     kind: str  # robot | event
     body: dict[str, Any]
     received_at: datetime
-    media_prefix: str = ""  # public URL prefix that resolves a downloadCode (the adapter's media route)
+    media: MediaLinks = MediaLinks()  # signs links to the adapter's media route, which resolves a downloadCode
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _media(raw: DingTalkRaw, code: str) -> str:
-    return f"{raw.media_prefix}/{code}"
+    return raw.media.url(code, raw.received_at)
 
 
 def _segments(raw: DingTalkRaw) -> list[Segment]:
@@ -48,8 +49,8 @@ def _segments(raw: DingTalkRaw) -> list[Segment]:
         for part in parts:
             if not isinstance(part, dict):
                 continue
-            if part.get("text"):
-                out.append(Segment.text(str(part["text"])))
+            if isinstance(part.get("text"), str) and part["text"].strip():  # "\n" between pictures is layout
+                out.append(Segment.text(part["text"]))
             elif part.get("type") == "picture" and isinstance(part.get("downloadCode"), str) and part["downloadCode"]:
                 out.append(Segment("image", {"url": _media(raw, part["downloadCode"]), "download_code": part["downloadCode"]}))
         return out
@@ -62,7 +63,20 @@ def _segments(raw: DingTalkRaw) -> list[Segment]:
                                  "download_code": content["downloadCode"]})]
     if kind == "audio" and content.get("recognition"):
         return [Segment.text(str(content["recognition"]))]  # DingTalk transcribes voice messages
+    code = content.get("downloadCode")
+    if kind == "audio" and code:  # not transcribed: the recording itself, or the clerk's message vanishes
+        return [Segment("voice", {"url": _media(raw, code), "download_code": code, **_duration(content)})]
+    if kind == "video" and code:  # relayed as a file to open, like WeCom's video
+        ext = content.get("videoType")
+        name = f"视频.{ext}" if isinstance(ext, str) and ext.isalnum() else "视频"
+        return [Segment("file", {"name": name, "url": _media(raw, code), "download_code": code, **_duration(content)})]
     return []
+
+
+def _duration(content: dict) -> dict:
+    """`duration` as DingTalk gives it (a string or a number; the docs give no unit), when it is one."""
+    d = content.get("duration")
+    return {"duration": str(d)} if isinstance(d, str | int) and not isinstance(d, bool) and str(d).isdigit() else {}
 
 
 def parse_robot(raw: DingTalkRaw) -> list[Event]:
@@ -79,7 +93,7 @@ def parse_robot(raw: DingTalkRaw) -> list[Event]:
     segments = _segments(raw)
     if not segments:
         return []  # a kind we do not relay (e.g. an empty text): acknowledged, nothing to do
-    return [Event("message", "clerk", Identity(PLATFORM, raw.account, staff), f"msg:{msg_id}", _created(b, raw),
+    return [Event("message", "clerk", Identity(PLATFORM, raw.account, staff), dedupe_key("msg", msg_id), _created(b, raw),
                   message=Message(segments), payload={"platform_msg_id": msg_id},
                   profile={"name": b["senderNick"]} if isinstance(b.get("senderNick"), str) and b["senderNick"] else {})]
 
@@ -95,18 +109,23 @@ def _created(b: dict, raw: DingTalkRaw) -> datetime:
     return raw.received_at
 
 
+def event_type(raw: DingTalkRaw) -> str | None:
+    """The HTTP envelope names it in the body (EventType); a stream EVENT frame in its headers."""
+    kind = raw.body.get("EventType") or raw.body.get("eventType") or raw.extra.get("eventType")
+    return kind if isinstance(kind, str) and kind else None
+
+
 def parse_event(raw: DingTalkRaw) -> list[Event]:
     """Org events from the event subscription (HTTP envelope or stream EVENT frames)."""
     b = raw.body
-    kind = b.get("EventType") or b.get("eventType")
-    if kind == "user_leave_org":
+    if event_type(raw) == "user_leave_org":
         users = b.get("UserId") or b.get("userId") or []
-        stamp = str(b.get("TimeStamp") or b.get("timeStamp") or "")
+        stamp = str(b.get("TimeStamp") or b.get("timeStamp") or raw.extra.get("eventBornTime") or "")
         users = [users] if isinstance(users, str) else users
         if not isinstance(users, list) or not all(isinstance(u, str | int) and not isinstance(u, bool)
                                                   and len(str(u)) <= MAX_ID for u in users):
             raise BadRequest("UserId must be a user id or a list of them", field="UserId")
-        return [Event("clerk_left", "clerk", Identity(PLATFORM, raw.account, str(u)), f"evt:user_leave_org:{u}:{stamp}",
+        return [Event("clerk_left", "clerk", Identity(PLATFORM, raw.account, str(u)), dedupe_key("evt", "user_leave_org", u, stamp),
                       raw.received_at, payload={"reason": "left_org"}) for u in users if u]
     return []  # check_url and events we do not use: acknowledged
 

@@ -17,13 +17,16 @@ import aiohttp
 from dingtalk_stream.chatbot import ChatbotMessage
 from dingtalk_stream.frames import AckMessage, Headers
 
-from adapters.dingtalk.events import DingTalkRaw
+from adapters.dingtalk.events import ROBOT_TOPIC, DingTalkRaw, event_type
 from adapters.webim import loads_json
 from gateway.adapter import BadRequest
 
 log = logging.getLogger("gateway.dingtalk.stream")
 
 SUBSCRIPTIONS = [{"type": "CALLBACK", "topic": ChatbotMessage.TOPIC}, {"type": "EVENT", "topic": "*"}]
+# An EVENT frame carries its type and id in the frame headers (dingtalk-stream frames.Headers:
+# eventType, eventId, eventBornTime, eventCorpId); `data` holds only the event's own fields.
+EVENT_HEADERS = ("eventType", "eventId", "eventBornTime", "eventCorpId")
 
 
 def ack(message_id: str, code: int = AckMessage.STATUS_OK, message: str = "OK", data=None) -> dict:
@@ -80,16 +83,37 @@ class StreamClient:
                 return "disconnect"
             await ws.send_json(ack(message_id, data=frame.get("data")))  # ping: echo its data
             return None
+        if kind == "CALLBACK" and topic != ROBOT_TOPIC:
+            log.warning("dingtalk %s: CALLBACK frame on topic %r not understood", self.adapter.account, topic)
+            await ws.send_json(ack(message_id, AckMessage.STATUS_NOT_IMPLEMENT, "topic not handled"))
+            return None
         try:
             data = frame.get("data") or "{}"
             body = loads_json(data if isinstance(data, str) else "", "frame data")  # NUL, surrogates, NaN: 400
             if not isinstance(body, dict):  # a list or a string would crash parse and loop the connection
                 raise BadRequest("frame data must be a JSON object")
+            extra = {k: headers[k] for k in EVENT_HEADERS if k in headers} if kind == "EVENT" else {}
             raw = DingTalkRaw(self.adapter.account, "robot" if kind == "CALLBACK" else "event", body,
-                              self.adapter.host.clock.now(), self.adapter.media_prefix)
+                              self.adapter.host.clock.now(), self.adapter.media, extra)
+            if kind == "EVENT" and not self._understood(raw, message_id):
+                await ws.send_json(ack(message_id, AckMessage.STATUS_NOT_IMPLEMENT, "event not handled"))
+                return None
             await self.adapter.host.submit(self.adapter, raw)
         except (BadRequest, ValueError) as e:  # malformed: ack it, or it comes back forever
+            log.warning("dingtalk %s: malformed %s frame %s: %s", self.adapter.account, kind, message_id, e)
             await ws.send_json(ack(message_id, AckMessage.STATUS_BAD_REQUEST, str(e)))
             return None
         await ws.send_json(ack(message_id))
         return None
+
+    def _understood(self, raw: DingTalkRaw, message_id: str) -> bool:
+        """An event the gateway acts on; any other is logged and answered "not handled" (as the SDK's
+        default handler does), never acknowledged as if it had been handled. No type at all: 400."""
+        kind = event_type(raw)
+        if kind is None:
+            raise BadRequest("EVENT frame without an eventType")
+        if not self.adapter.parse(raw):
+            log.info("dingtalk %s: event %s (%s) is not one the gateway uses", self.adapter.account, kind,
+                     raw.extra.get("eventId") or message_id)
+            return False
+        return True

@@ -58,6 +58,7 @@
       return img;
     }
     if ((t === 'link' || t === 'file') && u) return link(u, s.title || s.name || u, 'seg-text');
+    if (t === 'voice' && u) return link(u, s.text || '[语音 voice]', 'seg-text');
     if (t === 'product') {
       const card = u ? link(u, null, 'card') : el('div', 'card'), img = safeUrl(s.image_url, true);
       if (img) { const i = el('img'); i.src = img; i.alt = ''; i.loading = 'lazy'; card.appendChild(i); }

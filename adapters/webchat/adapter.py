@@ -13,6 +13,7 @@ from adapters.webim import bearer, history_params, live, read_json, shared_js
 from gateway.adapter import Adapter, BadRequest, Capabilities, RouteDef, Unauthorized, register
 from gateway.ingress import error_response
 from gateway.model import Identity
+from gateway.pages import page_response
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 
@@ -83,8 +84,10 @@ class WebchatAdapter(Adapter):
             return error_response(e.status, e.code, str(e), e.field)
         if abs(self._now() - ts) > self.config.ts_window:
             return error_response(401, "unauthorized", "ts is outside the allowed window")
-        if not crypto.check_session_sig(self.config.secret, user_id, ts, sig, unionid):
-            return error_response(401, "unauthorized", "bad signature")
+        refused = crypto.check_session(self.config.secret, user_id, ts, sig, version=body.get("v"), unionid=unionid,
+                                       legacy=self.config.legacy_signature)
+        if refused:
+            return error_response(401, "unauthorized", refused)
         return self._issue(user_id, name, unionid)
 
     async def _dev_session(self, request: web.Request) -> web.Response:
@@ -176,7 +179,8 @@ class WebchatAdapter(Adapter):
         return await live(request, self.host.hub(), self.account, claims["u"])
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(PAGE, headers={"Cache-Control": "no-cache"})
+        # The brand's H5 may frame the chat page; nobody else may (clickjacking the consent button).
+        return page_response(request, PAGE, frame_ancestors=self.config.allowed_origins or ("'self'",))
 
     async def _redirect_page(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(f"{self.base}/" + (f"?{request.query_string}" if request.query_string else ""))

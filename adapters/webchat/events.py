@@ -7,7 +7,7 @@ from datetime import datetime
 
 from adapters.webim import parse_message_body
 from gateway.adapter import BadRequest
-from gateway.model import Event, Identity
+from gateway.model import Event, Identity, dedupe_key
 
 PLATFORM = "webchat"
 
@@ -30,7 +30,7 @@ def parse(raw: WebchatRaw) -> list[Event]:
     profile = {k: v for k, v in (("name", raw.name), ("unionid", raw.unionid)) if v}
     if raw.kind == "message":
         message, client_msg_id = parse_message_body(raw.body, raw.max_text)
-        return [Event("message", "customer", sender, f"msg:{raw.user_id}:{client_msg_id}", raw.received_at,
+        return [Event("message", "customer", sender, dedupe_key("msg", raw.user_id, client_msg_id), raw.received_at,
                       message=message, payload={"client_msg_id": client_msg_id}, profile=profile)]
     if raw.kind == "bind":
         invite = raw.body.get("invite")
@@ -42,7 +42,7 @@ def parse(raw: WebchatRaw) -> list[Event]:
         switch = raw.body.get("switch", False)
         if not isinstance(switch, bool):
             raise BadRequest("switch must be true or false", field="switch")
-        return [Event("bind", "customer", sender, f"bind:{raw.request_id}", raw.received_at,
+        return [Event("bind", "customer", sender, dedupe_key("bind", raw.request_id), raw.received_at,
                       payload={"invite": invite.strip().lower(), "consent": consent, "switch": switch},
                       profile=profile,
                       reply_required=True)]

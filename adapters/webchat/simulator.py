@@ -11,7 +11,7 @@ import time
 
 import aiohttp
 
-from adapters.webchat.crypto import session_sig
+from adapters.webchat.crypto import sign_v2
 from adapters.websim import WebPeer
 
 
@@ -40,7 +40,7 @@ class BrandApp:
     def signed(self, user_id: str, ts: int | None = None, unionid: str | None = None) -> dict:
         ts = int(time.time()) if ts is None else ts
         extra = {"unionid": unionid} if unionid else {}
-        return {"user_id": user_id, "ts": ts, "sig": session_sig(self.secret, user_id, ts, unionid), **extra}
+        return {"v": 2, "user_id": user_id, "ts": ts, "sig": sign_v2(self.secret, user_id, ts, unionid), **extra}
 
     async def login(self, user_id: str, name: str | None = None, *, unionid: str | None = None,
                     ts: int | None = None) -> CustomerClient:

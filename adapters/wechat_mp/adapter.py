@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from adapters.http import media_response
+from adapters.media import MediaLinks, MediaRoute
 from adapters.webim import read_body
 from adapters.wechat_mp import codec, crypto, events
 from adapters.wechat_mp.api import WeChatMpApi
@@ -55,6 +55,7 @@ class WeChatMpAdapter(Adapter):
     def __init__(self, config, host):
         super().__init__(config, host)
         self.api = WeChatMpApi(config, host.clock)
+        self.media_route = MediaRoute(self, config.app_secret, download=self.api.media)
         self.envelope = (crypto.Envelope(config.token, config.encoding_aes_key, config.app_id)
                          if config.encoding_aes_key else None)
         self.mass_calls = Coalescer(self._mass_call, limit=10_000, window=1.0)
@@ -71,11 +72,11 @@ class WeChatMpAdapter(Adapter):
                                "notice_fallback": bool(cfg.fallback_template and cfg.service_account)})
 
     @property
-    def media_prefix(self) -> str:
-        return f"{self.host.base_url}/media/{self.account}"
+    def media(self) -> MediaLinks:
+        return self.media_route.links
 
     def routes(self) -> list[RouteDef]:
-        return [RouteDef("GET", f"/media/{self.account}/{{code}}", self._media),
+        return [self.media_route.route(),
                 RouteDef("GET", f"/wechat_mp/{self.account}/qr/{{code}}", self._advisor_qr)]
 
     def contact_url(self, code: str) -> str | None:
@@ -111,7 +112,7 @@ class WeChatMpAdapter(Adapter):
             body = xml_fields(self.envelope.decrypt(q.get("msg_signature", ""), ts, nonce, body["Encrypt"]), "message")
         elif self.envelope is not None:
             raise BadRequest("safe mode is configured: a plain callback is refused", field="encrypt_type")
-        return events.WeChatMpRaw(self.account, "callback", body, now, self.media_prefix)
+        return events.WeChatMpRaw(self.account, "callback", body, now, self.media)
 
     def parse(self, raw: events.WeChatMpRaw):
         return events.parse(raw)
@@ -190,10 +191,6 @@ class WeChatMpAdapter(Adapter):
 
     # -- routes ---------------------------------------------------------------------------------
 
-    async def _media(self, request: web.Request) -> web.StreamResponse:
-        """A voice note or video a customer sent, passed through."""
-        return await media_response(self.api.media, request.match_info["code"])
-
     async def _advisor_qr(self, request: web.Request) -> web.StreamResponse:
         """The advisor's QR code for an invite: following or scanning it binds (scene "gw:<invite>")."""
         code = request.match_info["code"].lower()
@@ -208,8 +205,9 @@ class WeChatMpAdapter(Adapter):
             raise web.HTTPFound(ref["qr_code"])
         try:
             data = await self.api.qrcode(f"{events.SCENE_PREFIX}{code}", self.config.qr_expire_seconds)
-        except (Retryable, Permanent) as e:
-            return error_response(502, "upstream", str(e))
+        except (Retryable, Permanent) as e:  # the reason is logged, never sent (it may name URLs)
+            log.warning("wechat_mp %s: QR for %s not made: %s", self.account, code, e)
+            return error_response(502, "upstream", "WeChat did not make the QR code; try again later")
         url = f"{self.config.qr_base}/cgi-bin/showqrcode?ticket={data['ticket']}"
         expires = ((now + timedelta(seconds=int(data["expire_seconds"]) - 60)).isoformat()
                    if data.get("expire_seconds") else None)

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from adapters.media import MediaLinks
 from adapters.wxml import create_time, need
 from adapters.wxml import segments as wxml_segments
-from gateway.model import Event, Identity, Message
+from gateway.model import Event, Identity, Message, dedupe_key
 
 PLATFORM = "wechat_mp"
 SCENE_PREFIX = "gw:"  # qrcode/create scene_str = "gw:<invite>"; other codes of the brand are left alone
@@ -28,7 +29,7 @@ class WeChatMpRaw:
     kind: str  # url_check | callback | poll
     data: dict[str, Any]
     received_at: datetime
-    media_prefix: str = ""
+    media: MediaLinks = MediaLinks()  # signs links to the adapter's media route
     echo: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -43,7 +44,7 @@ def _scene(d: dict) -> str | None:
 def _event(raw: WeChatMpRaw, sender: Identity, at: datetime) -> list[Event]:
     d = raw.data
     event = d.get("Event", "")
-    key = f"evt:{sender.external_id}:{d.get('CreateTime', '')}:{event}"
+    key = dedupe_key("evt", sender.external_id, d.get("CreateTime", ""), event)
     window = {"window": "event"} if event in WINDOW_EVENTS else {}
     if event in ("subscribe", "SCAN"):
         invite = _scene(d)
@@ -67,10 +68,9 @@ def _poll(raw: WeChatMpRaw) -> list[Event]:
         if not profile:
             return []
         return [Event("profile", "customer", Identity(PLATFORM, raw.account, d["openid"]),
-                      f"profile:{d['openid']}:{profile['unionid']}", raw.received_at, profile=profile)]
+                      dedupe_key("profile", d["openid"], profile["unionid"]), raw.received_at, profile=profile)]
     if d["type"] == "contact_way":
-        return [Event("contact_way", "clerk", Identity(PLATFORM, raw.account, "-"), f"contact_way:{d['invite']}:"
-                      f"{d['ticket']}", raw.received_at, payload={"invite": d["invite"], "qr_code": d["qr_code"],
+        return [Event("contact_way", "clerk", Identity(PLATFORM, raw.account, "-"), dedupe_key("contact_way", d["invite"], d["ticket"]), raw.received_at, payload={"invite": d["invite"], "qr_code": d["qr_code"],
                                                                    "expires_at": d.get("expires_at")})]
     return []
 
@@ -87,8 +87,8 @@ def parse(raw: WeChatMpRaw) -> list[Event]:
     if kind == "event":
         return _event(raw, sender, at)
     msg_id = need(d, "MsgId")
-    segments = wxml_segments(raw.data, raw.media_prefix, pic_first=True)
+    segments = wxml_segments(raw.data, raw.media, raw.received_at, pic_first=True)
     if not segments:
         return []
-    return [Event("message", "customer", sender, f"msg:{msg_id}", at, message=Message(segments),
+    return [Event("message", "customer", sender, dedupe_key("msg", msg_id), at, message=Message(segments),
                   payload={"platform_msg_id": msg_id, "window": "message"})]

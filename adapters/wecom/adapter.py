@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from aiohttp import web
 
-from adapters.http import media_response
+from adapters.media import MediaLinks, MediaRoute
 from adapters.webim import read_body
 from adapters.wecom import codec, events
 from adapters.wecom.api import WeComApi, WeComError
@@ -63,6 +63,7 @@ class WeComAdapter(Adapter):
         super().__init__(config, host)
         self.api = WeComApi(config, host.clock)
         self.crypto = CallbackCrypto(config.token, config.encoding_aes_key, config.corp_id)
+        self.media_route = MediaRoute(self, config.secret, download=self.api.media)
         self._tasks: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
         self._ways: dict[str, str] = {}  # invite -> contact QR, until the invite row remembers it
@@ -76,11 +77,11 @@ class WeComAdapter(Adapter):
         return Capabilities(**{**caps.__dict__, "push_cap": CUSTOMER_CAPS[self.config.push_cap]})
 
     @property
-    def media_prefix(self) -> str:
-        return f"{self.host.base_url}/media/{self.account}"
+    def media(self) -> MediaLinks:
+        return self.media_route.links
 
     def routes(self) -> list[RouteDef]:
-        return [RouteDef("GET", f"/media/{self.account}/{{code}}", self._media),
+        return [self.media_route.route(),
                 RouteDef("GET", f"/wecom/{self.account}/contact/{{code}}", self._contact_qr)]
 
     def contact_url(self, code: str) -> str | None:
@@ -114,7 +115,7 @@ class WeComAdapter(Adapter):
         if not envelope.get("Encrypt"):
             raise BadRequest("Encrypt is missing", field="Encrypt")
         plain = self.crypto.decrypt(sig, ts, nonce, envelope["Encrypt"])
-        return events.WeComRaw(self.account, "callback", xml_fields(plain, "message"), now, self.media_prefix)
+        return events.WeComRaw(self.account, "callback", xml_fields(plain, "message"), now, self.media)
 
     def parse(self, raw: events.WeComRaw):
         return events.parse(raw)
@@ -267,10 +268,6 @@ class WeComAdapter(Adapter):
 
     # -- routes ---------------------------------------------------------------------------------
 
-    async def _media(self, request: web.Request) -> web.StreamResponse:
-        """A file a clerk sent, fetched with the app token (never exposed) and passed through."""
-        return await media_response(self.api.media, request.match_info["code"])
-
     async def _contact_qr(self, request: web.Request) -> web.StreamResponse:
         """The advisor's WeCom contact QR for an invite (`state` ties the scan to it), made once."""
         code = request.match_info["code"].lower()
@@ -285,8 +282,9 @@ class WeComAdapter(Adapter):
             return error_response(404, "not_found", "this advisor has no WeCom account here")
         try:
             data = await self.api.add_contact_way(info["user"], f"{events.STATE_PREFIX}{code}", remark=f"invite {code}")
-        except (Retryable, Permanent) as e:
-            return error_response(502, "upstream", str(e))
+        except (Retryable, Permanent) as e:  # the reason is logged, never sent (it may name URLs)
+            log.warning("wecom %s: contact QR for %s not made: %s", self.account, code, e)
+            return error_response(502, "upstream", "WeCom did not make the contact QR code; try again later")
         self._ways[code] = data["qr_code"]
         with contextlib.suppress(Exception):  # remembered for next time; a lost write costs one more way
             await self._submit_report({"type": "contact_way", "invite": code, "user": info["user"],

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from adapters.media import MediaLinks
 from adapters.wxml import create_time, need
 from adapters.wxml import segments as wxml_segments
 from gateway.adapter import BadRequest
-from gateway.model import Event, Identity, Message
+from gateway.model import Event, Identity, Message, dedupe_key
 
 PLATFORM = "wecom"
 STATE_PREFIX = "gw:"  # add_contact_way state = "gw:<invite code>"; other tools' states are left alone
@@ -33,7 +34,7 @@ class WeComRaw:
     kind: str  # url_check | callback | poll
     data: dict[str, Any]
     received_at: datetime
-    media_prefix: str = ""
+    media: MediaLinks = MediaLinks()  # signs links to the adapter's media route
     echo: str = ""  # url_check: the decrypted echostr to answer with
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -41,10 +42,10 @@ class WeComRaw:
 def _message(raw: WeComRaw) -> list[Event]:
     d = raw.data
     msg_id, user = need(d, "MsgId"), need(d, "FromUserName")
-    segments = wxml_segments(raw.data, raw.media_prefix, pic_first=False)
+    segments = wxml_segments(raw.data, raw.media, raw.received_at, pic_first=False)
     if not segments:
         return []
-    return [Event("message", "clerk", Identity(PLATFORM, raw.account, user), f"msg:{msg_id}", create_time(d, raw.received_at),
+    return [Event("message", "clerk", Identity(PLATFORM, raw.account, user), dedupe_key("msg", msg_id), create_time(d, raw.received_at),
                   message=Message(segments), payload={"platform_msg_id": msg_id})]
 
 
@@ -79,16 +80,28 @@ def _event(raw: WeComRaw) -> list[Event]:
     at = create_time(d, raw.received_at)
     event, sender = d.get("Event", ""), d.get("FromUserName", "")
     if sender == "sys" or event == "change_external_contact":
-        key = ":".join(("evt", event, d.get("ChangeType", ""), d.get("UserID", ""), d.get("ExternalUserID", ""),
-                        d.get("CreateTime", "")))
+        key = dedupe_key("evt", event, d.get("ChangeType", ""), d.get("UserID", ""), d.get("ExternalUserID", ""),
+                         d.get("CreateTime", ""))
     else:
-        key = f"evt:{sender}:{d.get('CreateTime', '')}:{event}"
+        key = dedupe_key("evt", sender, d.get("CreateTime", ""), event)
     if event == "change_external_contact":
         return _contact_event(raw, at, key)
     if event == "change_contact" and d.get("ChangeType") == "delete_user":
         return [Event("clerk_left", "clerk", Identity(PLATFORM, raw.account, need(d, "UserID")), key, at,
                       payload={"reason": "left_org"})]
+    if event == "change_contact" and d.get("ChangeType") == "update_user" and d.get("NewUserID"):
+        return _renamed(raw, key, at)
     return []  # enter_agent, menu clicks, other org changes: acknowledged, nothing to do
+
+
+def _renamed(raw: WeComRaw, key: str, at: datetime) -> list[Event]:
+    """An admin changed a member's UserID (page 90970 更新成员事件: NewUserID). The member's later
+    messages carry the new id, so the clerk's identity must follow or they stop being the clerk."""
+    old, new = need(raw.data, "UserID"), need(raw.data, "NewUserID")
+    if new == old:
+        return []
+    return [Event("clerk_renamed", "clerk", Identity(PLATFORM, raw.account, old), key, at,
+                  payload={"new_external_id": new})]
 
 
 def _poll(raw: WeComRaw) -> list[Event]:
@@ -100,25 +113,25 @@ def _poll(raw: WeComRaw) -> list[Event]:
         status, code, reason = DELIVERY.get(d["status"], (None, None, None))
         if status is None:
             return []  # 0: the member has not confirmed the task yet
-        return [Event("delivery", "customer", customer, f"delivery:{d['msgid']}:{d['external_userid']}", at,
+        return [Event("delivery", "customer", customer, dedupe_key("delivery", d["msgid"], d["external_userid"]), at,
                       payload={"platform_msg_id": d["msgid"], "status": status, "code": code, "reason": reason})]
     if d["type"] == "transfer_result":
         status = TRANSFER.get(d["status"])
         if status in (None, "waiting"):
             return []
-        key = f"transfer:{d['handover']}:{d['takeover']}:{d['external_userid']}:{d.get('takeover_time', '')}:{status}"
+        key = dedupe_key("transfer", d["handover"], d["takeover"], d["external_userid"], d.get("takeover_time", ""), status)
         return [Event("transfer_result", "customer", customer, key, at,
                       payload={"status": status, "handover": d["handover"], "takeover": d["takeover"],
                                "takeover_time": d.get("takeover_time")})]
     if d["type"] == "contact_way":
         return [Event("contact_way", "clerk", Identity(PLATFORM, raw.account, d["user"]),
-                      f"contact_way:{d['invite']}:{d.get('config_id')}", at,
+                      dedupe_key("contact_way", d["invite"], d.get("config_id")), at,
                       payload={"invite": d["invite"], "config_id": d.get("config_id"), "qr_code": d.get("qr_code")})]
     if d["type"] == "profile":
         c = d.get("external_contact") or {}
         profile = {k: c[k] for k in ("name", "unionid", "avatar", "corp_name") if c.get(k)}
         digest = "|".join(f"{k}={v}" for k, v in sorted(profile.items()))
-        return [Event("profile", "customer", customer, f"profile:{d['external_userid']}:{hash_text(digest)}", at,
+        return [Event("profile", "customer", customer, dedupe_key("profile", d["external_userid"], hash_text(digest)), at,
                       profile=profile)]
     return []
 

@@ -824,3 +824,17 @@ class WeComSimulator:
                   ("MsgType", "event"), ("Event", "change_contact"), ("ChangeType", "delete_user"),
                   ("UserID", self._member(userid) or userid)]
         return self.encrypt_event(_xml(fields))
+
+    def rename_user(self, userid: str, new_userid: str) -> tuple[dict[str, str], bytes]:
+        """An admin changed the member's UserID (doc 90970 更新成员事件: NewUserID, "变更时推送"); their
+        customers stay theirs, now under the new id."""
+        old = self._member(userid) or userid
+        self.members.pop(old.lower(), None)
+        self.add_member(new_userid)
+        for contact in self.contacts.values():
+            if old in contact["follow_user"]:
+                contact["follow_user"][new_userid] = {**contact["follow_user"].pop(old), "userid": new_userid}
+        fields = [("ToUserName", self.corp_id), ("FromUserName", "sys"), ("CreateTime", int(self.clock())),
+                  ("MsgType", "event"), ("Event", "change_contact"), ("ChangeType", "update_user"),
+                  ("UserID", old), ("NewUserID", new_userid)]
+        return self.encrypt_event(_xml(fields))

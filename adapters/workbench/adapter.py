@@ -13,6 +13,7 @@ from adapters.workbench.config import WorkbenchConfig
 from gateway.adapter import Adapter, BadRequest, Capabilities, RouteDef, Unauthorized, register
 from gateway.ingress import error_response
 from gateway.model import Identity
+from gateway.pages import page_response
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 
@@ -98,7 +99,7 @@ class WorkbenchAdapter(Adapter):
         return await self._guard(request, run)
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(PAGE, headers={"Cache-Control": "no-cache"})
+        return page_response(request, PAGE)
 
     async def _redirect_page(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(f"/{self.account}/" + (f"?{request.query_string}" if request.query_string else ""))

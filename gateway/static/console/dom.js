@@ -19,6 +19,7 @@ function setProps(el, props) {
     } else if (k === "text") el.textContent = String(v);
     else if (k === "value" && "value" in el) el.value = v;
     else if (k === "checked" || k === "selected" || k === "disabled" || k === "multiple") el[k] = Boolean(v);
+    else if (k === "style") el.style.cssText = String(v); // CSSOM: a style attribute would need 'unsafe-inline' in the CSP
     else el.setAttribute(k, v === true ? "" : String(v));
   }
   return el;
