@@ -12,7 +12,7 @@ import re
 
 from sqlmodel import select
 
-from gateway import advisors, service
+from gateway import advisors, labels, service
 from gateway.model import Message, Segment
 from gateway.models import Binding, Customer, Store
 from gateway.router import SKIP, Ctx, Router
@@ -38,13 +38,8 @@ async def customer_to_clerk(ctx: Ctx):
     n = await advisors.handle_for(ctx.session, clerk.id, c.id)
     if clerk.current_customer_id != c.id:
         clerk.current_customer_id = c.id
-    prefix = f"【{advisors.customer_name(c, ctx.identity)} #{n}】"
-    segs = list(ctx.event.message.segments)
-    if segs and segs[0].type == "text":
-        segs[0] = Segment.text(prefix + segs[0].data.get("text", ""))
-    else:
-        segs.insert(0, Segment.text(prefix))
-    await ctx.send(target, Message(segs), suffix="relay", kind="relay")
+    target, message = labels.relayed(target, advisors.customer_name(c, ctx.identity), n, c.id, ctx.event.message)
+    await ctx.send(target, message, suffix="relay", kind="relay")
     await service.customer_waiting(ctx.session, c, clerk, ctx.binding.store_id, ctx.now())
     if ctx.binding.store_id is not None:
         await service.offhours_reply(ctx, await ctx.session.get(Store, ctx.binding.store_id))

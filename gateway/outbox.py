@@ -107,7 +107,7 @@ class OutboxWorker:
                     platform=target.identity.platform,
                     account=target.identity.account,
                     peer_id=target.identity.external_id,
-                    customer_id=target.customer_id,
+                    customer_id=target.concerns,
                     clerk_id=target.clerk_id,
                     segments=[s.to_dict() for s in message.segments],
                     text=message.plain_text,
@@ -162,7 +162,7 @@ class OutboxWorker:
         msg_ids = (await session.execute(
             msg.insert().returning(msg.c.id, sort_by_parameter_order=True),
             [{"direction": "out", "side": t.side, "platform": t.identity.platform, "account": t.identity.account,
-              "peer_id": t.identity.external_id, "customer_id": t.customer_id, "clerk_id": t.clerk_id,
+              "peer_id": t.identity.external_id, "customer_id": t.concerns, "clerk_id": t.clerk_id,
               "segments": [sg.to_dict() for sg in m.segments], "text": m.plain_text, "sender_name": m.sender_name,
               "status": "queued", "created_at": now} for t, m, _ in items])).scalars().all()
         ob = Outbox.__table__
