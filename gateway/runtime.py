@@ -40,7 +40,7 @@ from gateway.models import (
 from gateway.models import Identity as IdentityRow
 from gateway.outbox import OutboxWorker
 from gateway.router import Dispatcher
-from gateway.tokens import Principal, hash_token, resolve_token
+from gateway.tokens import REVOKED_CHANNEL, Principal, hash_token, resolve_token
 
 log = logging.getLogger("gateway")
 
@@ -74,6 +74,8 @@ class Gateway:
         self.outbox.on_failed["transfer"] = lambda s, row, error: handover.transfer_not_sent(s, self, row, error)
         self.outbox.on_unreachable = lambda s, row, code, error: fallback.reroute(s, self, row, code, error)
         self._tokens: dict[str, tuple[float, Principal | None]] = {}
+        self._tokens_gen = 0  # bumped by forget_tokens: a lookup that raced a revocation is not cached
+        self._hub.listen(REVOKED_CHANNEL, lambda _ids: self.forget_tokens())
         self.leadership = Leadership(self.engine)
         self.metrics = Metrics(self)
         self.started = False
@@ -149,8 +151,9 @@ class Gateway:
         return self._hub
 
     async def principal(self, token: str) -> Principal | None:
-        """Token → principal, cached briefly (a revoked token stops working within 30 s)."""
-        now = time.monotonic()
+        """Token → principal, cached briefly; a revocation clears the cache on every instance
+        (gateway/tokens.py), else a revoked token stops working within 30 s."""
+        now, gen = time.monotonic(), self._tokens_gen
         hit = self._tokens.get(token)
         if hit and hit[0] > now:
             return hit[1]
@@ -163,11 +166,13 @@ class Gateway:
                 await s.commit()
         if len(self._tokens) > 10_000:
             self._tokens.clear()
-        self._tokens[token] = (now + _TOKEN_CACHE_SECONDS, p)
+        if gen == self._tokens_gen:  # else it may have read the token just before it was revoked
+            self._tokens[token] = (now + _TOKEN_CACHE_SECONDS, p)
         return p
 
     def forget_tokens(self) -> None:
         """Drop cached principals so a revocation takes effect at once on this instance."""
+        self._tokens_gen += 1
         self._tokens.clear()
 
     async def history(self, identity: Identity, after: int, limit: int) -> dict:

@@ -100,6 +100,16 @@ async def test_unregistered_dingtalk_user_is_told_and_nothing_relayed(dt, sim):
     assert await count(gw, ChatMessage, ChatMessage.text == "hello") == 0
 
 
+async def test_a_dingtalk_clerk_who_left_is_told(dt, sim):
+    gw, client, brand, invite, clerk_id = dt
+    async with gw.db() as s:
+        (await s.get(Clerk, clerk_id)).status = "left"
+        await s.commit()
+    headers, body = sim.robot_callback(STAFF, "#1 hello")
+    assert (await post_callback(client, headers, body)).status == 200
+    await wait_until(lambda: any("已停用" in t for t in sim_texts(sim)))
+
+
 async def test_commands_work_from_dingtalk(dt, sim):
     gw, client, brand, invite, _ = dt
     headers, body = sim.robot_callback(STAFF, "/help")
