@@ -33,7 +33,7 @@ _REPLY_WINDOW = 20  # the clerk's inbound rows looked at before a reply for the 
 
 @dataclass
 class Copies:
-    whole: dict[int, str] = field(default_factory=dict)  # clerk-side message id -> why (relayed, reply)
+    whole: dict[int, str] = field(default_factory=dict)  # clerk-side message id -> why (relayed, reply, notice)
     mentions: dict[int, int] = field(default_factory=dict)  # clerk-side message id -> the customer's #n there
     names: list[str] = field(default_factory=list)  # every name they were shown by, longest first
     claims: list[InboundClaim] = field(default_factory=list)
@@ -49,9 +49,12 @@ def erased_key(key: str) -> str:
 
 async def find(session, customer: Customer, idents: list[IdentityRow]) -> Copies:
     cid, out = customer.id, Copies()
-    linked = (await session.exec(select(ChatMessage.id, ChatMessage.direction).where(
-        ChatMessage.customer_id == cid, ChatMessage.side == "clerk"))).all()
-    out.whole.update({mid: "relayed" if d == "out" else "reply" for mid, d in linked})
+    linked = (await session.exec(
+        select(ChatMessage.id, ChatMessage.direction, Outbox.kind).join(Outbox, Outbox.message_id == ChatMessage.id,
+                                                                        isouter=True)
+        .where(ChatMessage.customer_id == cid, ChatMessage.side == "clerk"))).all()
+    out.whole.update({mid: "reply" if d == "in" else "relayed" if kind == "relay" else "notice"
+                      for mid, d, kind in linked})
     handles = (await session.exec(select(Handle.clerk_id, Handle.n).where(Handle.customer_id == cid))).all()
     for clerk_id, n in handles:
         rows = (await session.exec(select(ChatMessage.id, ChatMessage.text).where(
@@ -68,6 +71,7 @@ async def find(session, customer: Customer, idents: list[IdentityRow]) -> Copies
             if mid not in out.whole and redact(text, n, out.names) != text:
                 out.mentions[mid] = n
     out.claims = await _claims(session, idents)
+    out.claims += [c for c in await _typed_claims(session, out) if c not in out.claims]
     return out
 
 
@@ -119,14 +123,30 @@ async def _claims(session, idents: list[IdentityRow]) -> list[InboundClaim]:
     """Inbound claims holding one of the customer's platform ids in their raw events."""
     found: list[InboundClaim] = []
     for i in idents:
-        if i.external_id.startswith("erased:"):
-            continue
-        forms = {json.dumps(i.external_id), json.dumps(i.external_id, ensure_ascii=False)}
-        rows = (await session.exec(select(InboundClaim).where(
-            InboundClaim.platform == i.platform, InboundClaim.account == i.account,
-            or_(*(cast(InboundClaim.events, Text).contains(f, autoescape=True) for f in forms))))).all()
-        found += [c for c in rows if _holds(c.events, i.external_id) and c not in found]
+        if not i.external_id.startswith("erased:"):
+            found += [c for c in await _holding(session, i.platform, i.account, i.external_id) if c not in found]
     return found
+
+
+async def _typed_claims(session, out: Copies) -> list[InboundClaim]:
+    """The clerk's own inbound claims of what they typed to the customer, by the message's id."""
+    typed = (await session.exec(select(ChatMessage).where(
+        ChatMessage.id.in_([m for m, why in out.whole.items() if why == "reply"]), ChatMessage.direction == "in"))).all()
+    found: list[InboundClaim] = []
+    for m in typed:
+        for ref in {m.client_msg_id, m.platform_msg_id} - {None}:
+            found += [c for c in await _holding(session, m.platform, m.account, ref)
+                      if _holds(c.events, m.peer_id) and c not in found]
+    return found
+
+
+async def _holding(session, platform: str, account: str, value: str) -> list[InboundClaim]:
+    """Claims on an account whose raw events hold `value` as a string (LIKE narrows, JSON decides)."""
+    forms = {json.dumps(value), json.dumps(value, ensure_ascii=False)}
+    rows = (await session.exec(select(InboundClaim).where(
+        InboundClaim.platform == platform, InboundClaim.account == account,
+        or_(*(cast(InboundClaim.events, Text).contains(f, autoescape=True) for f in forms))))).all()
+    return [c for c in rows if _holds(c.events, value)]
 
 
 def _holds(value, needle: str) -> bool:
