@@ -27,6 +27,7 @@ from gateway.models import ChatMessage, Customer, Handle, InboundClaim, Outbox
 from gateway.models import Identity as IdentityRow
 
 ERASED_TEXT = "（内容已按顾客要求删除 · erased）"
+CHUNK = 1000  # ids per IN list: PostgreSQL takes at most 32,767 parameters a statement
 _ADDRESS = re.compile(r"^\s*#(\d{1,6})(?:\s+|$)(.*)$", re.S)  # the relay's `#n text`
 _REPLY_WINDOW = 20  # the clerk's inbound rows looked at before a reply for the one it was made from
 
@@ -40,6 +41,19 @@ class Copies:
 
     def redact(self, message_id: int, text: str) -> str:
         return redact(text, self.mentions[message_id], self.names)
+
+
+def chunks(ids) -> list[list[int]]:
+    ids = sorted(ids)
+    return [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)]
+
+
+async def rows_by(session, model, column, ids) -> list:
+    """Rows whose `column` is one of `ids`, however many there are, in id order."""
+    out = []
+    for part in chunks(ids):
+        out += (await session.exec(select(model).where(column.in_(part)))).all()
+    return sorted(out, key=lambda r: r.id)
 
 
 def erased_key(key: str) -> str:
@@ -130,10 +144,9 @@ async def _claims(session, idents: list[IdentityRow]) -> list[InboundClaim]:
 
 async def _typed_claims(session, out: Copies) -> list[InboundClaim]:
     """The clerk's own inbound claims of what they typed to the customer, by the message's id."""
-    typed = (await session.exec(select(ChatMessage).where(
-        ChatMessage.id.in_([m for m, why in out.whole.items() if why == "reply"]), ChatMessage.direction == "in"))).all()
+    typed = await rows_by(session, ChatMessage, ChatMessage.id, [m for m, why in out.whole.items() if why == "reply"])
     found: list[InboundClaim] = []
-    for m in typed:
+    for m in (m for m in typed if m.direction == "in"):
         for ref in {m.client_msg_id, m.platform_msg_id} - {None}:
             found += [c for c in await _holding(session, m.platform, m.account, ref)
                       if _holds(c.events, m.peer_id) and c not in found]

@@ -59,8 +59,7 @@ async def export(session, customer: Customer, tz) -> dict:
     idents = (await session.exec(select(IdentityRow).where(IdentityRow.customer_id == customer.id))).all()
     found = await copies.find(session, customer, idents)
     clerk_side = sorted({*found.whole, *found.mentions})
-    clerk_rows = (await session.exec(select(ChatMessage).where(ChatMessage.id.in_(clerk_side))
-                                     .order_by(ChatMessage.id))).all() if clerk_side else []
+    clerk_rows = await copies.rows_by(session, ChatMessage, ChatMessage.id, clerk_side)
     outbox = await _outbox_rows(session, customer.id, clerk_side)
     out = {
         "customer": rows([customer])[0],
@@ -84,10 +83,9 @@ async def export(session, customer: Customer, tz) -> dict:
 
 async def _outbox_rows(session, cid: int, message_ids: list[int]) -> list[Outbox]:
     """The customer's outbox rows and those carrying a clerk-side copy."""
-    cond = Outbox.customer_id == cid
-    if message_ids:
-        cond = cond | Outbox.message_id.in_(message_ids)
-    return list((await session.exec(select(Outbox).where(cond).order_by(Outbox.id))).all())
+    rows = {r.id: r for r in (await session.exec(select(Outbox).where(Outbox.customer_id == cid))).all()}
+    rows.update({r.id: r for r in await copies.rows_by(session, Outbox, Outbox.message_id, message_ids)})
+    return [rows[k] for k in sorted(rows)]
 
 
 async def erase(session, customer: Customer, now: datetime, by: str) -> dict:
@@ -138,12 +136,11 @@ async def _erase_copies(session, cid: int, found: copies.Copies, platform_ids: s
     outbox rows carrying them and the customer's (keys made from their platform ids anonymised),
     and their inbound claims (raw events dropped, keys anonymised)."""
     gone = [{"type": "text", "text": copies.ERASED_TEXT}]
-    if found.whole:
-        await session.execute(update(ChatMessage).where(ChatMessage.id.in_(list(found.whole)))
+    for part in copies.chunks(found.whole):
+        await session.execute(update(ChatMessage).where(ChatMessage.id.in_(part))
                               .values(text=copies.ERASED_TEXT, segments=gone, customer_id=cid,
                                       sender_name=labels.ERASED_NAME))
-    redacted = {m.id: m for m in (await session.exec(select(ChatMessage).where(
-        ChatMessage.id.in_(list(found.mentions))))).all()}
+    redacted = {m.id: m for m in await copies.rows_by(session, ChatMessage, ChatMessage.id, found.mentions)}
     for row in redacted.values():
         row.text = found.redact(row.id, row.text)
         row.segments = [{**s, "text": found.redact(row.id, s["text"])} if s.get("type") == "text" else s
@@ -157,6 +154,9 @@ async def _erase_copies(session, cid: int, found: copies.Copies, platform_ids: s
             ob.message = {**ob.message, "segments": redacted[ob.message_id].segments}
         if any(x in ob.idem_key for x in platform_ids):
             ob.idem_key = copies.erased_key(ob.idem_key)
+        for x in (x for x in platform_ids if len(x) >= 4):  # a platform's error may quote the address
+            if ob.last_error and x in ob.last_error:
+                ob.last_error = ob.last_error.replace(x, "[erased]")
     for claim in found.claims:
         claim.events = []
         if any(x in claim.dedupe_key for x in platform_ids):

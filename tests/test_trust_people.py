@@ -405,6 +405,25 @@ async def test_a_relay_still_waiting_to_reach_the_clerk_is_not_sent_after_erasur
     assert row.status == "cancelled" and row.target["identity"]["external_id"] == str(world.clerk_id)
 
 
+@pytest.mark.parametrize("text, redacted", [
+    ("→ 已发送给 Hana #2", "→ 已发送给 已删除顾客 #2"),
+    ("当前顾客：Hana #2。 Now talking to Hana #2.", "当前顾客：已删除顾客 #2。 Now talking to 已删除顾客 #2."),
+    ("我的顾客 My customers:\n#1 Bob · 12-03 10:00\n#2 Hana [vip] · 12-03 10:01 ←",
+     "我的顾客 My customers:\n#1 Bob · 12-03 10:00\n#2 已删除顾客 [vip] · 12-03 10:01 ←"),
+    ("您接手了 小林 的 2 位顾客:\n【Bob #1】 最近：hi\n【Hana Old #2】 [vip] 最近：电话 13912345678",
+     "您接手了 小林 的 2 位顾客:\n【Bob #1】 最近：hi\n【已删除顾客 #2】"),  # any name once shown by #2
+    ("新顾客绑定：【Hana #2】已成为您的会员顾客。回复 #2 加内容即可联系TA。",
+     "新顾客绑定：【已删除顾客 #2】已成为您的会员顾客。回复 #2 加内容即可联系TA。"),
+    ("⚠️ 顾客【Hana】等待回复已 5 分钟", "⚠️ 顾客【已删除顾客】等待回复已 5 分钟"),
+    ("→ 已发送给 Hana #21", "→ 已发送给 Hana #21"),  # another customer's handle
+    ("【Hana #12】hello", "【Hana #12】hello"),
+])
+def test_mentions_in_a_clerks_messages_are_redacted_by_their_handle(text, redacted):
+    from gateway.copies import redact
+
+    assert redact(text, 2, ["Hana Old", "Hana"]) == redacted
+
+
 async def _type_counts(gw, cid) -> dict:
     async with gw.db() as s:
         return dict((await s.execute(select(Interaction.type, func.count()).where(Interaction.customer_id == cid)
