@@ -41,12 +41,17 @@ def clean_name(raw: object) -> str | None:
         cat = unicodedata.category(ch)
         if ch.isspace() or cat in ("Zl", "Zp"):
             kept.append(" ")
-        elif cat[0] != "C":  # Cc control, Cf format, Cs surrogate, Co private use, Cn unassigned
-            kept.append(ch)
+        elif cat not in ("Cc", "Cf", "Cs", "Co") and not _nonchar(ch):  # control, format, surrogate, private
+            kept.append(ch)  # (unassigned code points stay: emoji newer than this Python's tables)
     name = _SPACE.sub(" ", "".join(kept)).strip()
     if len(name) > MAX_NAME:
         name = name[:MAX_NAME - 1].rstrip() + "…"
     return name or None
+
+
+def _nonchar(ch: str) -> bool:
+    o = ord(ch)
+    return 0xFDD0 <= o <= 0xFDEF or (o & 0xFFFE) == 0xFFFE
 
 
 def neutralise(text: str) -> str:

@@ -72,6 +72,7 @@ async def everything(peer) -> list[dict]:
     ("  lots   of   space  ", "lots of space"),
     ("龍" * 30, "龍" * 19 + "…"),
     ("Zoe\u0301 😀", "Zoe\u0301 😀"),
+    ("\uffff\U0010ffff\ufdd0x\ue000", "x"),  # non-characters, private use
     ("\u200b\u200d\n#【】 ", None),
     (None, None),
     (42, None),
