@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,27 +149,50 @@ def history_item(row: dict) -> dict[str, Any]:
                      status=row["status"], client_msg_id=row.get("client_msg_id"))
 
 
-async def live(request: web.Request, hub, account: str, external_id: str, heartbeat: float = 25.0) -> web.WebSocketResponse:
-    """Push this peer's messages until the client goes away. Clients catch up with `?after=`."""
+REVOKED = 4001  # WebSocket close code (application range): the sign-in was revoked
+
+
+async def live(request: web.Request, hub, account: str, external_id: str, heartbeat: float = 25.0, *,
+               still_valid: Callable[[], Awaitable[bool]] | None = None, recheck: float = 2.0) -> web.WebSocketResponse:
+    """Push this peer's messages until the client goes away. Clients catch up with `?after=`.
+
+    With `still_valid`, the sign-in is checked again every `recheck` seconds and on every client
+    message: a socket opened before its token was revoked (a clerk who left) is closed, not kept
+    streaming customers' messages."""
     ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=4096)
     await ws.prepare(request)
     queue = hub.subscribe(account, external_id)
+
+    async def revoked() -> bool:
+        if still_valid is None or await still_valid():
+            return False
+        await ws.close(code=REVOKED, message=b"sign-in revoked")
+        return True
 
     async def pump() -> None:
         while True:
             await ws.send_json(await queue.get())
 
-    pumper = asyncio.create_task(pump())
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(recheck)
+            if await revoked():
+                return
+
+    tasks = [asyncio.create_task(pump())] + ([asyncio.create_task(watch())] if still_valid is not None else [])
     try:
         async for msg in ws:  # clients only ping; anything else is ignored
+            if await revoked():
+                break
             if msg.type == WSMsgType.TEXT and msg.data == "ping":
                 await ws.send_str("pong")
             elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                 break
     finally:
-        pumper.cancel()
+        for t in tasks:
+            t.cancel()
         hub.unsubscribe(account, external_id, queue)
-        await asyncio.gather(pumper, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
     return ws
 
 

@@ -27,9 +27,8 @@ async def clerk_left(ctx: Ctx):
     clerk = ctx.clerk
     if clerk is None or clerk.status == "left":
         return None  # unknown user or already handled: nothing to do
-    clerk.status, clerk.left_at = "left", ctx.now()
     reason = f"{ctx.event.payload.get('reason', 'left')} ({ctx.event.sender.platform})"
-    await handover.hand_over(ctx.session, ctx.gw, clerk, now=ctx.now(), resigned=True, reason=reason)
+    await handover.leave(ctx.session, ctx.gw, clerk, now=ctx.now(), resigned=True, reason=reason)
     return None
 
 

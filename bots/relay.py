@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from gateway import advisors, service
+from gateway import advisors, labels, service
 from gateway.addressing import address_of
 from gateway.focus import ASK, CHOSEN, HOLD_ANSWER, SHOWN, Focus, latest_focus
 from gateway.model import Message, Segment
@@ -88,13 +88,8 @@ async def customer_to_clerk(ctx: Ctx):
     if gate != SlidingCounter.OK:
         return await _held_back(ctx, target, gate == SlidingCounter.FIRST_REFUSED)
     n = await _handle(ctx, clerk.id, c.id)
-    prefix = f"【{advisors.customer_name(c, ctx.identity)} #{n}】"
-    segs = list(ctx.event.message.segments)
-    if segs and segs[0].type == "text":
-        segs[0] = Segment.text(prefix + segs[0].data.get("text", ""))
-    else:
-        segs.insert(0, Segment.text(prefix))
-    await ctx.send(target, Message(segs), suffix="relay", kind="relay", about_customer_id=c.id)
+    target, message = labels.relayed(target, advisors.customer_name(c, ctx.identity), n, c.id, ctx.event.message)
+    await ctx.send(target, message, suffix="relay", kind="relay")
     current = await _focus(ctx, clerk.id)
     if current is None or current.customer_id != c.id:
         await _set_focus(ctx, Focus(clerk.id, c.id, current.customer_id if current else None, SHOWN, now,

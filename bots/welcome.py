@@ -4,6 +4,7 @@ switches only if they say so (webchat: `switch: true`; other channels: a switch 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -71,7 +72,8 @@ async def welcome(ctx: Ctx, outcome, *, hints: dict, consent_how: str) -> None:
     target = await ctx.gw.clerk_target(ctx.session, clerk)
     if target is not None:
         name = advisors.customer_name(c, ctx.identity)
-        await ctx.send(target, Message.of_text(f"新顾客绑定：【{name} #{n}】已成为您的会员顾客。回复 #{n} 加内容即可联系TA。"),
+        await ctx.send(replace(target, about=c.id),
+                       Message.of_text(f"新顾客绑定：【{name} #{n}】已成为您的会员顾客。回复 #{n} 加内容即可联系TA。"),
                        suffix="clerk-new-customer", kind="notice")
 
 

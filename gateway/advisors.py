@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
+from gateway import labels
 from gateway.model import Identity, Target
 from gateway.models import Binding, Clerk, ClerkIdentity, Customer, Handle, Invite, QueueEntry
 from gateway.models import Identity as IdentityRow
@@ -28,11 +29,25 @@ def phone_hash(key: str, phone: str) -> str:
 
 
 def customer_name(customer: Customer | None, identity: IdentityRow | None = None) -> str:
-    if customer is not None and customer.name:
-        return customer.name
-    if identity is not None and identity.profile and identity.profile.get("name"):
-        return str(identity.profile["name"])
+    """The name a clerk sees, always cleaned (names stored before cleaning, or set by an admin,
+    may hold label marks): see gateway/labels.py."""
+    if customer is not None and customer.erased_at is not None:
+        return labels.ERASED_NAME
+    if customer is not None and (name := labels.clean_name(customer.name)):
+        return name
+    if identity is not None and identity.profile and (name := labels.clean_name(identity.profile.get("name"))):
+        return name
     return f"顾客{customer.id}" if customer is not None else "顾客"
+
+
+def clean_profile(profile: dict | None) -> dict:
+    """A platform profile as stored: the customer-chosen name cleaned (dropped if nothing is left)."""
+    profile = dict(profile or {})
+    if "name" in profile:
+        name = labels.clean_name(profile.pop("name"))
+        if name:
+            profile["name"] = name
+    return profile
 
 
 async def resolve_customer(session, ident: Identity, profile: dict, now: datetime) -> tuple[Customer, IdentityRow]:
@@ -43,7 +58,7 @@ async def resolve_customer(session, ident: Identity, profile: dict, now: datetim
         IdentityRow.external_id == ident.external_id,
     )
     row = (await session.exec(q)).first()
-    profile = profile or {}
+    profile = clean_profile(profile)
     name = profile.get("name")
     if row is not None:
         identity, customer = row

@@ -30,10 +30,11 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from gateway import advisors, clock, handover
+from gateway import advisors, clock, handover, tokens
 from gateway.caches import HOURS, WORK_IDS
 from gateway.ingress import error_response
 from gateway.models import (
+    ApiToken,
     AuditEntry,
     Clerk,
     ClerkIdentity,
@@ -363,34 +364,50 @@ async def token_create(q: Req):
                                             name=q.body.name)
             await s.commit()
         except ValueError as e:
-            raise ApiError(422, "invalid", str(e), "role") from None
+            raise ApiError(422, "invalid", str(e), "clerk_id" if "clerk" in str(e) else "role") from None
         except IntegrityError:
             raise ApiError(422, "invalid", "store_id or clerk_id does not exist") from None
     return {"id": row.id, "token": token, "role": row.role}
 
 
+def _token_out(row: ApiToken, clerk_status: str | None, tz) -> dict:
+    out = {k: v for k, v in _dump(row, tz).items() if k != "token_hash"}
+    out["active"] = row.revoked_at is None and (row.clerk_id is None or clerk_status == "active")
+    return out
+
+
 @route("GET", "/tokens")
 async def token_list(q: Req):
-    """List tokens (never the secrets) with their last use."""
-    from gateway.models import ApiToken
-
+    """List tokens (never the secrets) with their last use (?clerk_id=, ?store_id=, ?role=, ?active=true|false)."""
+    stmt = (select(ApiToken, Clerk.status).join(Clerk, Clerk.id == ApiToken.clerk_id, isouter=True)
+            .where(ApiToken.id > q.query_int("after", 0)).order_by(ApiToken.id).limit(q.limit()))
+    for name, column in (("clerk_id", ApiToken.clerk_id), ("store_id", ApiToken.store_id)):
+        if (value := q.query_int(name)) is not None:
+            stmt = stmt.where(column == value)
+    if (role := q.request.query.get("role")) is not None:
+        if role not in ROLES:
+            raise ApiError(400, "bad_request", f"role must be one of {', '.join(ROLES)}", "role")
+        stmt = stmt.where(ApiToken.role == role)
+    if (active := q.request.query.get("active")) is not None:
+        if active not in ("true", "false"):
+            raise ApiError(400, "bad_request", "active must be true or false", "active")
+        live = ApiToken.revoked_at.is_(None) & (ApiToken.clerk_id.is_(None) | (Clerk.status == "active"))
+        stmt = stmt.where(live if active == "true" else ~live)
     async with q.gw.db() as s:
-        rows = (await s.exec(select(ApiToken).order_by(ApiToken.id))).all()
-    return {"items": [{k: v for k, v in _dump(r, q.gw.tz).items() if k != "token_hash"} for r in rows]}
+        rows = (await s.exec(stmt)).all()
+    return _page([_token_out(r, status, q.gw.tz) for r, status in rows], q.limit())
 
 
 @route("POST", "/tokens/{token_id}/revoke")
 async def token_revoke(q: Req):
-    """Revoke a token."""
-    from gateway.models import ApiToken
-
+    """Revoke a token, at once on every instance (idempotent)."""
     async with q.gw.db() as s:
         row = await s.get(ApiToken, q.param("token_id"))
         if row is None:
             raise ApiError(404, "not_found", "no such token")
-        row.revoked_at = row.revoked_at or q.gw.clock.now()
+        await tokens.revoke(s, q.gw.clock.now(), token_ids=[row.id], forget=q.gw.forget_tokens)
         await s.commit()
-    q.gw.forget_tokens()
+        await s.refresh(row)
     return {"id": row.id, "revoked_at": row.revoked_at.isoformat()}
 
 
@@ -554,10 +571,22 @@ async def clerk_token(q: Req):
     """Create a workbench sign-in token for a clerk (shown once)."""
     async with q.gw.db() as s:
         clerk = await _clerk(s, q)
+        if clerk.status != "active":
+            raise ApiError(409, "conflict", "this clerk has left: a departed clerk gets no token")
         row, token = await create_token(s, "clerk", clerk_id=clerk.id, name=clerk.display_name)
         await s.commit()
     return {"id": row.id, "token": token, "role": "clerk",
             "workbench_url": f"{q.gw.config.server.base_url()}/{next(iter(q.gw.clerk_accounts), 'workbench')}/"}
+
+
+@route("POST", "/clerks/{clerk_id}/tokens/revoke", roles=("admin", "store_manager"))
+async def clerk_tokens_revoke(q: Req):
+    """Revoke every token of a clerk at once (a lost phone, a shared login), on every instance."""
+    async with q.gw.db() as s:
+        clerk = await _clerk(s, q)
+        ids = await tokens.revoke(s, q.gw.clock.now(), clerk_id=clerk.id, forget=q.gw.forget_tokens)
+        await s.commit()
+    return {"clerk_id": clerk.id, "revoked": ids}
 
 
 @route("POST", "/clerks/{clerk_id}/leave", roles=("admin", "store_manager"), body=LeaveIn)
@@ -573,12 +602,10 @@ async def clerk_leave(q: Req):
             if successor is None or successor.status != "active" or successor.id == clerk.id:
                 raise ApiError(422, "invalid", "the successor must be another active clerk", "successor_id")
             q.scoped_store(successor.store_id)
-        now = q.gw.clock.now()
-        clerk.status, clerk.left_at = "left", now
         # Still a member on the platforms until their org removes them: in-service transfers apply
         # (an org event for a removed member hands over with the resigned APIs instead).
-        counts = await handover.hand_over(s, q.gw, clerk, now=now, successor=successor, resigned=False,
-                                          reason="left (admin)")
+        counts = await handover.leave(s, q.gw, clerk, now=q.gw.clock.now(), successor=successor, resigned=False,
+                                      reason="left (admin)")
         await s.commit()
     q.gw.outbox.kick()
     return {"clerk_id": clerk.id, "status": "left", "customers": dict(counts)}

@@ -5,6 +5,7 @@ is told what happened in their IM. Pushes are never rerouted: marketing respects
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sqlmodel import select
@@ -46,7 +47,8 @@ async def reroute(session, gw: Gateway, row, code: str | None, error: str | None
     outcome = f"已改用{via}发送。 Sent via {via} instead." if via else \
         "暂时无法联系该顾客，顾客再次留言后即可回复。 Not reachable until the customer writes again."
     text = f"消息未送达【{advisors.customer_name(customer)} #{n}】：{WHY.get(code or '', error or code)}。{outcome}"
-    await gw.outbox.enqueue(session, clerk_target, Message.of_text(text), idem_key=f"{row.idem_key}:told", kind="notice")
+    await gw.outbox.enqueue(session, replace(clerk_target, about=customer.id), Message.of_text(text),
+                            idem_key=f"{row.idem_key}:told", kind="notice")
 
 
 async def _other_channel(session, gw: Gateway, row, customer: Customer, clerk: Clerk | None,

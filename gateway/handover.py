@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func
 from sqlmodel import select
 
-from gateway import advisors
+from gateway import advisors, tokens
 from gateway.interactions import log_interaction
 from gateway.model import Identity, Message, Target
 from gateway.models import Binding, ChatMessage, Clerk, ClerkIdentity, Customer, Transfer
@@ -62,6 +62,16 @@ async def _platform_contact(session, gw: Gateway, customer_id: int) -> IdentityR
     return (await session.exec(q.order_by(IdentityRow.id))).first()
 
 
+async def leave(session, gw: Gateway, clerk: Clerk, *, now: datetime, successor: Clerk | None = None,
+                resigned: bool = True, reason: str = "left") -> Counter:
+    """A clerk leaves (admin API, org event, import): marked left, every token of theirs revoked
+    at once on every instance (a departed clerk must not read customers' messages any more), and
+    their customers handed over. Runs inside the caller's transaction."""
+    clerk.status, clerk.left_at = "left", now
+    await tokens.revoke(session, now, clerk_id=clerk.id, forget=gw.forget_tokens)
+    return await hand_over(session, gw, clerk, now=now, successor=successor, resigned=resigned, reason=reason)
+
+
 async def hand_over(session, gw: Gateway, clerk: Clerk, *, now: datetime, successor: Clerk | None = None,
                     resigned: bool = True, reason: str = "left") -> Counter:
     """Reassign every open binding of `clerk`. Returns counts by outcome: moved, transfer_requested,
@@ -104,7 +114,8 @@ async def brief_receiver(session, gw: Gateway, receiver: Clerk, clerk: Clerk, cu
     for c in customers:
         n = await advisors.handle_for(session, receiver.id, c.id)
         last = (await session.exec(select(ChatMessage.text).where(
-            ChatMessage.customer_id == c.id, ChatMessage.direction == "in", ChatMessage.text.is_not(None))
+            ChatMessage.customer_id == c.id, ChatMessage.side == "customer", ChatMessage.direction == "in",
+            ChatMessage.text.is_not(None))
             .order_by(ChatMessage.id.desc()))).first()
         tags = f" [{' '.join(c.tags)}]" if c.tags else ""
         lines.append(f"【{advisors.customer_name(c)} #{n}】{tags} 最近：{(last or '—')[:40]}")

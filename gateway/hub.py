@@ -1,7 +1,9 @@
-"""Fan-out of live messages to connected WebSocket clients.
+"""Fan-out of live messages to connected WebSocket clients, and of signals between instances.
 
 Keyed by (account, external_id). `Hub` serves the connections of this process; `PgHub` also
-carries each message to the other instances sharing the PostgreSQL database.
+carries each message to the other instances sharing the PostgreSQL database. Signals (a token
+revoked) are NOTIFYs on their own channel, sent by whoever writes the change, in its
+transaction; `listen` hands them to the instance's callback over the same listening connection.
 """
 
 from __future__ import annotations
@@ -10,16 +12,31 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-
-from gateway.caches import CHANNEL as CACHE_CHANNEL
+from collections.abc import Callable
 
 log = logging.getLogger("gateway.hub")
+
+# payload, or None after the listening connection was lost: signals may have been missed meanwhile
+Signal = Callable[[str | None], None]
 
 
 class Hub:
     def __init__(self, queue_size: int = 256):
         self._subs: dict[tuple[str, str], set[asyncio.Queue]] = defaultdict(set)
         self._queue_size = queue_size
+        self._signals: dict[str, list[Signal]] = defaultdict(list)
+
+    def listen(self, channel: str, callback: Signal) -> None:
+        """Call `callback` for each signal on `channel` from other processes (none reach a
+        process-local hub: a single process acts on its own changes directly)."""
+        self._signals[channel].append(callback)
+
+    def _signal(self, channel: str, payload: str | None) -> None:
+        for callback in self._signals.get(channel, ()):
+            try:
+                callback(payload)
+            except Exception:  # noqa: BLE001 - one listener's bug must not stop the others
+                log.exception("hub: a %s listener failed", channel)
 
     def subscribe(self, account: str, external_id: str) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue(self._queue_size)
@@ -69,10 +86,6 @@ class PgHub(Hub):
         self._seq = 0
         self._task: asyncio.Task | None = None
         self.connected_event = asyncio.Event()
-        # Cache invalidations ride on the same connection (gateway/caches.py): a kind that changed,
-        # and everything when (re)connecting, since notifications may have been missed meanwhile.
-        self.on_cache_changed = lambda kind: None
-        self.on_connected = lambda: None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hub-notify")
@@ -124,8 +137,11 @@ class PgHub(Hub):
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=10)
                 await conn.add_listener(self.CHANNEL, self._received)
-                await conn.add_listener(CACHE_CHANNEL, lambda _c, _p, _ch, kind: self.on_cache_changed(kind))
-                self.on_connected()
+                for channel in self._signals:
+                    await conn.add_listener(channel, lambda _c, _p, ch, payload: self._signal(ch, payload))
+                if self.connected_event.is_set():  # a reconnect: what was signalled meanwhile is lost
+                    for channel in self._signals:
+                        self._signal(channel, None)
                 self.connected_event.set()
                 backoff = 0.5
                 while True:

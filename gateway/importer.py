@@ -339,10 +339,9 @@ async def import_clerk(ctx: Ctx, s, row: dict[str, str]) -> Outcome:
             await _set_work_ids_checked(ctx, s, clerk, work_ids)
             changed = True
         if clerk.status == "active" and status == "left":
-            # Exactly what POST /clerks/{id}/leave does: their customers go by the handover policy.
-            clerk.status, clerk.left_at = "left", now
-            counts = await handover.hand_over(s, ctx.gw, clerk, now=now, successor=None, resigned=False,
-                                              reason="left (import)")
+            # Exactly what POST /clerks/{id}/leave does: tokens revoked, customers handed over by policy.
+            counts = await handover.leave(s, ctx.gw, clerk, now=now, successor=None, resigned=False,
+                                          reason="left (import)")
             return "updated", {"left": 1, "handover": dict(counts)}
         return ("updated" if changed else "unchanged"), None
     except ApiError as e:

@@ -124,18 +124,29 @@ class Target:
     customer_id: int | None = None
     clerk_id: int | None = None
     hints: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # On a message to a clerk: the customer it quotes or names (a relayed message, a notice), so
+    # the clerk's copy is found when that customer's data is exported or erased.
+    about: int | None = None
 
     @property
     def side(self) -> Side:
         return "customer" if self.customer_id is not None else "clerk"
 
+    @property
+    def concerns(self) -> int | None:
+        """The customer whose data this message is: its recipient, or the one it is about."""
+        return self.customer_id if self.customer_id is not None else self.about
+
     def to_dict(self) -> dict:
         d = {"identity": self.identity.to_dict(), "customer_id": self.customer_id, "clerk_id": self.clerk_id}
+        if self.about is not None:
+            d["about"] = self.about
         return {**d, "hints": self.hints} if self.hints else d
 
     @staticmethod
     def from_dict(d: dict) -> Target:
-        return Target(Identity.from_dict(d["identity"]), d.get("customer_id"), d.get("clerk_id"), d.get("hints") or {})
+        return Target(Identity.from_dict(d["identity"]), d.get("customer_id"), d.get("clerk_id"), d.get("hints") or {},
+                      about=d.get("about"))
 
 
 def dedupe_key(kind: str, *parts: object) -> str:

@@ -153,6 +153,8 @@ class ChatMessage(SQLModel, table=True):
     platform: str = Field(max_length=32)
     account: str = Field(max_length=64)
     peer_id: str = Field(max_length=128)  # external id of the other party on that account
+    # The customer side's peer; on the clerk side the customer a message quotes or names (a relayed
+    # copy, a notice), so export and erasure find the clerk's copies.
     customer_id: int | None = Field(default=None, index=True)
     clerk_id: int | None = Field(default=None, index=True)
     segments: list = Field(sa_type=JSON)

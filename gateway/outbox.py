@@ -45,15 +45,14 @@ BULK = 2
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One send to write: where, what, its idempotency key and kind. `about_customer_id` links a
-    message to a clerk with the customer it is about (a relay), for the history and erasure."""
+    """One send to write: where, what, its idempotency key and kind (a message to a clerk about a
+    customer carries them as `target.about`, for the history and erasure)."""
 
     target: Target
     message: Message
     idem_key: str
     kind: str = "reply"
     campaign_id: int | None = None
-    about_customer_id: int | None = None
     held: tuple[str, str] | None = None  # (code, reason): stored, not sent
 
 
@@ -139,7 +138,7 @@ class OutboxWorker:
             msg.insert().returning(msg.c.id, sort_by_parameter_order=True),
             [{"direction": "out", "side": i.target.side, "platform": i.target.identity.platform,
               "account": i.target.identity.account, "peer_id": i.target.identity.external_id,
-              "customer_id": i.target.customer_id if i.about_customer_id is None else i.about_customer_id,
+              "customer_id": i.target.concerns,
               "clerk_id": i.target.clerk_id, "segments": [sg.to_dict() for sg in i.message.segments],
               "text": i.message.plain_text, "sender_name": i.message.sender_name,
               "status": "held" if i.held else "queued", "created_at": now} for i in items])).scalars().all()

@@ -1,6 +1,11 @@
 """PIPL: what the brand holds about one customer, all of it on request, and erasure that removes
 the person (names, phone, message text, platform ids) while the anonymous record — bindings,
-interaction counts, what the ledger is built from — stays so totals do not change."""
+interaction counts, what the ledger is built from — stays so totals do not change.
+
+Both cover every copy: the customer's messages both ways, the clerk's side of the conversation
+(relayed copies, what the clerk typed to them, mentions of their name), outbox payloads and keys,
+and inbound claims holding their raw events (gateway/copies.py finds them).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlmodel import select
 
-from gateway import advisors
+from gateway import advisors, copies, labels
 from gateway.interactions import log_interaction
 from gateway.models import (
     AdvisorRequest,
@@ -50,23 +55,45 @@ async def export(session, customer: Customer, tz) -> dict:
     async def of(model, *order):
         return rows((await session.exec(select(model).where(model.customer_id == customer.id).order_by(*order))).all())
 
-    return {
+    idents = (await session.exec(select(IdentityRow).where(IdentityRow.customer_id == customer.id))).all()
+    found = await copies.find(session, customer, idents)
+    clerk_side = sorted({*found.whole, *found.mentions})
+    clerk_rows = await copies.rows_by(session, ChatMessage, ChatMessage.id, clerk_side)
+    outbox = await _outbox_rows(session, customer.id, clerk_side)
+    out = {
         "customer": rows([customer])[0],
-        "identities": await of(IdentityRow, IdentityRow.id),
+        "identities": rows(idents),
         "bindings": await of(Binding, Binding.valid_from),
-        "messages": await of(ChatMessage, ChatMessage.id),
+        "messages": rows((await session.exec(select(ChatMessage).where(
+            ChatMessage.customer_id == customer.id, ChatMessage.side == "customer").order_by(ChatMessage.id))).all()),
+        # The clerk's side: what was relayed to them, what they typed to this customer, and their
+        # other messages that name the customer (held: the text as it is now).
+        "clerk_copies": [{**r, "copy": found.whole.get(r["id"], "mention")} for r in rows(clerk_rows)],
         "interactions": await of(Interaction, Interaction.id),
         "conversations": await of(Conversation, Conversation.id),
         "transfers": await of(Transfer, Transfer.id),
         "advisor_requests": await of(AdvisorRequest, AdvisorRequest.id),
-        "outbox": await of(Outbox, Outbox.id),
+        "outbox": rows(outbox),
+        "inbound_claims": rows(found.claims),
     }
+    out["where"] = {k: len(v) for k, v in out.items() if isinstance(v, list)}  # what is held, table by table
+    return out
+
+
+async def _outbox_rows(session, cid: int, message_ids: list[int]) -> list[Outbox]:
+    """The customer's outbox rows and those carrying a clerk-side copy."""
+    rows = {r.id: r for r in (await session.exec(select(Outbox).where(Outbox.customer_id == cid))).all()}
+    rows.update({r.id: r for r in await copies.rows_by(session, Outbox, Outbox.message_id, message_ids)})
+    return [rows[k] for k in sorted(rows)]
 
 
 async def erase(session, customer: Customer, now: datetime, by: str) -> dict:
     """Remove the person, keep the anonymous record. Idempotent."""
     cid = customer.id
     idents = (await session.exec(select(IdentityRow).where(IdentityRow.customer_id == cid))).all()
+    found = await copies.find(session, customer, idents)  # before the ids and names it matches by go
+    platform_ids = {i.external_id for i in idents if not i.external_id.startswith("erased:")}
+    await _erase_copies(session, cid, found, platform_ids, now)
     peers = {}
     for i in idents:
         if not i.external_id.startswith("erased:"):
@@ -78,7 +105,7 @@ async def erase(session, customer: Customer, now: datetime, by: str) -> dict:
                               .values(peer_id=new))
         await session.execute(update(Transfer).where(Transfer.account == account, Transfer.external_id == old)
                               .values(external_id=new))
-    await session.execute(update(ChatMessage).where(ChatMessage.customer_id == cid)
+    await session.execute(update(ChatMessage).where(ChatMessage.customer_id == cid, ChatMessage.side == "customer")
                           .values(text="", segments=[], sender_name=None))
     await session.execute(update(Outbox).where(Outbox.customer_id == cid, Outbox.status.in_(("pending", "held")))
                           .values(status="cancelled", last_error="customer erased"))
@@ -98,4 +125,40 @@ async def erase(session, customer: Customer, now: datetime, by: str) -> dict:
     customer.erased_at = customer.erased_at or now
     customer.opted_out_at = customer.opted_out_at or now
     await log_interaction(session, "erased", occurred_at=now, customer_id=cid, payload={"by": by})
-    return {"customer_id": cid, "erased_at": customer.erased_at, "identities": len(idents)}
+    return {"customer_id": cid, "erased_at": customer.erased_at, "identities": len(idents),
+            "clerk_copies": len(found.whole) + len(found.mentions), "inbound_claims": len(found.claims)}
+
+
+async def _erase_copies(session, cid: int, found: copies.Copies, platform_ids: set[str], now: datetime) -> None:
+    """The clerk's copies (whole rows emptied and linked to the customer, mentions redacted), the
+    outbox rows carrying them and the customer's (keys made from their platform ids anonymised),
+    and their inbound claims (raw events dropped, keys anonymised)."""
+    gone = [{"type": "text", "text": copies.ERASED_TEXT}]
+    for part in copies.chunks(found.whole):
+        await session.execute(update(ChatMessage).where(ChatMessage.id.in_(part))
+                              .values(text=copies.ERASED_TEXT, segments=gone, customer_id=cid,
+                                      sender_name=labels.ERASED_NAME))
+    redacted = {m.id: m for m in await copies.rows_by(session, ChatMessage, ChatMessage.id, found.mentions)}
+    for row in redacted.values():
+        row.text = found.redact(row.id, row.text)
+        row.segments = [{**s, "text": found.redact(row.id, s["text"])} if s.get("type") == "text" else s
+                        for s in row.segments]
+    for ob in await _outbox_rows(session, cid, [*found.whole, *found.mentions]):
+        if ob.message_id in found.whole:
+            ob.message = {"segments": gone, "erased": True}
+            if ob.status in ("pending", "held"):
+                ob.status, ob.last_error = "cancelled", "customer erased"
+        elif ob.message_id in redacted:
+            ob.message = {**ob.message, "segments": redacted[ob.message_id].segments}
+        if any(x in ob.idem_key for x in platform_ids):
+            ob.idem_key = copies.erased_key(ob.idem_key)
+        for x in (x for x in platform_ids if len(x) >= 4):  # a platform's error may quote the address
+            if ob.last_error and x in ob.last_error:
+                ob.last_error = ob.last_error.replace(x, "[erased]")
+    for claim in found.claims:
+        claim.events = []
+        if any(x in claim.dedupe_key for x in platform_ids):
+            claim.dedupe_key = copies.erased_key(claim.dedupe_key)
+        if claim.status == "pending":  # never to be applied now: it would bring the person back
+            claim.status, claim.processed_at = "done", now
+    await session.flush()

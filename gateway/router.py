@@ -80,11 +80,10 @@ class Ctx:
         return f"{self.event.sender.platform}:{self.event.sender.account}:{self.claim_key}:{suffix}"
 
     async def send(self, target: Target, message: Message, *, suffix: str | None = None, kind: str = "reply",
-                   idem_key: str | None = None, about_customer_id: int | None = None) -> None:
+                   idem_key: str | None = None) -> None:
         from gateway.outbox import PUSH_KINDS, Outgoing
 
-        item = Outgoing(target, message, idem_key or self.idem(suffix or "reply"), kind,
-                        about_customer_id=about_customer_id)
+        item = Outgoing(target, message, idem_key or self.idem(suffix or "reply"), kind)
         if kind in PUSH_KINDS:  # pushes go through the send policy's checks
             await self.materialise()
             await self.gw.outbox.enqueue(self.session, target, message, idem_key=item.idem_key, kind=kind)

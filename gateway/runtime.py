@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bots import root_router
 from gateway import advisors, attribution, fallback, focus, handover, scheduler, service
 from gateway.adapter import Adapter, adapter_class
+from gateway.caches import CHANNEL as CACHE_CHANNEL
 from gateway.caches import KINDS, Caches
 from gateway.clock import Clock
 from gateway.config import Config
@@ -45,7 +46,7 @@ from gateway.quota import SendQuota
 from gateway.ratelimit import SlidingCounter
 from gateway.replay import SignatureBook
 from gateway.router import Dispatcher
-from gateway.tokens import Principal, hash_token, resolve_token
+from gateway.tokens import REVOKED_CHANNEL, Principal, hash_token, resolve_token
 
 log = logging.getLogger("gateway")
 
@@ -81,9 +82,8 @@ class Gateway:
         self.clerk_accounts = {n: a.platform for n, a in self.adapters.items() if a.side == "clerk"}
         self.quota = SendQuota(self.db, self.clock)  # the platforms' per-recipient caps, shared by all processes
         self.caches = Caches(max_age=None if isinstance(self._hub, PgHub) else 30.0)
-        if isinstance(self._hub, PgHub):
-            self._hub.on_cache_changed = lambda kind: self.caches.invalidate(kind) if kind in KINDS else None
-            self._hub.on_connected = self.caches.clear
+        # A kind that changed elsewhere; None: the listening connection was lost, so anything may have.
+        self._hub.listen(CACHE_CHANNEL, lambda kind: self.caches.invalidate(kind) if kind in KINDS else self.caches.clear())
         per_minute = config.policies.customer_messages_per_minute
         self.flood_gate = SlidingCounter(per_minute, 60.0) if per_minute else None
         self.dispatcher = Dispatcher(root_router(), MIDDLEWARES)
@@ -92,6 +92,8 @@ class Gateway:
         self.outbox.on_failed["transfer"] = lambda s, row, error: handover.transfer_not_sent(s, self, row, error)
         self.outbox.on_unreachable = lambda s, row, code, error: fallback.reroute(s, self, row, code, error)
         self._tokens: dict[str, tuple[float, Principal | None]] = {}
+        self._tokens_gen = 0  # bumped by forget_tokens: a lookup that raced a revocation is not cached
+        self._hub.listen(REVOKED_CHANNEL, lambda _ids: self.forget_tokens())
         self.leadership = Leadership(self.engine)
         self.metrics = Metrics(self)
         self.started = False
@@ -190,8 +192,9 @@ class Gateway:
         return await self.signatures.bind(account, sign, msg_id, until)
 
     async def principal(self, token: str) -> Principal | None:
-        """Token → principal, cached briefly (a revoked token stops working within 30 s)."""
-        now = time.monotonic()
+        """Token → principal, cached briefly; a revocation clears the cache on every instance
+        (gateway/tokens.py), else a revoked token stops working within 30 s."""
+        now, gen = time.monotonic(), self._tokens_gen
         hit = self._tokens.get(token)
         if hit and hit[0] > now:
             return hit[1]
@@ -204,11 +207,13 @@ class Gateway:
                 await s.commit()
         if len(self._tokens) > 10_000:
             self._tokens.clear()
-        self._tokens[token] = (now + _TOKEN_CACHE_SECONDS, p)
+        if gen == self._tokens_gen:  # else it may have read the token just before it was revoked
+            self._tokens[token] = (now + _TOKEN_CACHE_SECONDS, p)
         return p
 
     def forget_tokens(self) -> None:
         """Drop cached principals so a revocation takes effect at once on this instance."""
+        self._tokens_gen += 1
         self._tokens.clear()
 
     async def history(self, identity: Identity, after: int, limit: int) -> dict:

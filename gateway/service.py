@@ -5,6 +5,7 @@ is recorded (reports read first-reply times from here)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING
 
@@ -179,7 +180,8 @@ async def _notify(s, gw: Gateway, conv: Conversation, step: str, now: datetime) 
     target = await gw.clerk_target(s, to)
     if target is None:
         return 0
-    await gw.outbox.enqueue(s, target, Message.of_text(text), idem_key=f"sla:{step}:{conv.id}", kind="notice")
+    await gw.outbox.enqueue(s, replace(target, about=customer.id), Message.of_text(text), idem_key=f"sla:{step}:{conv.id}",
+                            kind="notice")
     return 1
 
 

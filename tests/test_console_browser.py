@@ -38,7 +38,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WEBCHAT_SECRET = "console-browser-webchat-secret"
 ORDERS_SECRET = "console-browser-orders-secret"
-XSS = "<img src=x onerror=alert(1)>"
+XSS = "<img src onerror=f>"  # within the 20 characters a customer name keeps (gateway/labels.py)
 CHROME_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--window-size=1400,1000"]
@@ -537,3 +537,30 @@ def test_pages_work_under_their_content_security_policy(world, browser):
     wait(d, lambda d: css(d, ".bar span") or css(d, "svg"), what="the dashboards' charts")
     logs = [e["message"] for e in d.get_log("browser")]
     assert not [m for m in logs if "Content Security Policy" in m], logs
+
+
+def test_the_workbench_shows_the_label_apart_from_what_a_customer_wrote(world, browser):
+    """A nickname made to look like another customer's label, and a line made to look like the
+    gateway's, stay the customer's text: the page shows the gateway's label in its own element, and a
+    click on the bubble addresses the true sender."""
+    d, w = browser, world
+    token = w.api("POST", f"/clerks/{w.clerks['jie']}/token")["token"]
+    invite = w.api("POST", "/invites", {"clerk_id": w.clerks["jie"]})["code"]
+
+    async def mallory() -> int:
+        m = await BrandApp(w.http, w.base, "webchat", WEBCHAT_SECRET).login("u-mallory", "周女士 #1】")
+        assert (await m.bind(invite))[0] == 200
+        assert (await m.say("【阿杰 system】verified\n请把 #1 的地址发给我"))[0] == 202
+        items = await ClerkClient(w.http, w.base, token).customers()
+        return next(c["handle"] for c in items if c["name"] == "周女士 1")
+
+    n = w.lt.run(mallory())
+    assert n != 1  # 周女士 is #1
+    d.get(f"{w.base}/workbench/?token={token}")
+    row = wait(d, lambda d: [r for r in css(d, ".msg.relayed") if "verified" in r.text], what="the message")[0]
+    assert one(row, ".who").text == f"周女士 1 #{n}"
+    assert one(row, ".bubble").text == "[阿杰 system]verified\n请把 #1 的地址发给我"
+    assert row.get_attribute("data-handle") == str(n)
+    one(row, ".bubble").click()
+    assert one(d, "#text").get_attribute("value").startswith(f"#{n} ")
+    assert not js_errors(d)

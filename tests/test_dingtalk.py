@@ -18,6 +18,7 @@ from gateway.app import create_app
 from gateway.model import Identity, Message, Target
 from gateway.models import ChatMessage, Clerk, InboundClaim, Outbox, QueueEntry
 from gateway.runtime import Gateway
+from gateway.tokens import create_token
 from tests.conftest import WEBCHAT_SECRET, make_config, wait_until
 
 STAFF = "manager7521"
@@ -101,6 +102,16 @@ async def test_unregistered_dingtalk_user_is_told_and_nothing_relayed(dt, sim):
     assert (await post_callback(client, headers, body)).status == 200
     await wait_until(lambda: any("还不是本品牌的导购" in t for t in sim_texts(sim, "stranger01")))
     assert await count(gw, ChatMessage, ChatMessage.text == "hello") == 0
+
+
+async def test_a_dingtalk_clerk_who_left_is_told(dt, sim):
+    gw, client, brand, invite, clerk_id = dt
+    async with gw.db() as s:
+        (await s.get(Clerk, clerk_id)).status = "left"
+        await s.commit()
+    headers, body = sim.robot_callback(STAFF, "#1 hello")
+    assert (await post_callback(client, headers, body)).status == 200
+    await wait_until(lambda: any("已停用" in t for t in sim_texts(sim)))
 
 
 async def test_commands_work_from_dingtalk(dt, sim):
@@ -201,6 +212,10 @@ async def test_org_event_marks_the_clerk_left_and_queues_customers(dt, sim, back
     gw, client, brand, invite, clerk_id = dt
     c = await brand.login("u-q", "Q")
     await c.bind(invite)
+    async with gw.db() as s:  # the clerk also signs in to the workbench... until they leave
+        _, token = await create_token(s, "clerk", clerk_id=clerk_id)
+        await s.commit()
+    assert await gw.principal(token) is not None
     params, body = sim.url_check_callback()
     resp = await post_callback(client, {"Content-Type": "application/json"}, body, **params)
     assert resp.status == 200 and sim.decrypt_reply(await resp.read()) == "success"
@@ -216,6 +231,7 @@ async def test_org_event_marks_the_clerk_left_and_queues_customers(dt, sim, back
 
     await wait_until(left)
     assert await count(gw, QueueEntry, QueueEntry.resolved_at.is_(None), QueueEntry.reason == "advisor_left") == 1
+    assert await gw.principal(token) is None  # revoked with the leave, not 30 s later
     await c.say("还在吗")  # the customer is not lost: told an advisor is coming, nothing goes to the old clerk
     await c.wait_for(lambda m: "专属顾问" in m["text"] and m["sender"] is None)
     assert not any("还在吗" in t for t in sim_texts(sim))

@@ -35,7 +35,7 @@ from adapters.webchat.simulator import BrandApp, CustomerClient
 from adapters.wechat_mp.simulator import OfficialAccountSimulator
 from adapters.wecom.simulator import WeComSimulator
 from adapters.workbench.simulator import ClerkClient
-from gateway import advisors
+from gateway import advisors, labels
 from gateway.app import create_app
 from gateway.models import (
     Binding,
@@ -931,13 +931,20 @@ async def collect(peer, wanted: set[str], timeout: float = 8.0) -> list[str]:
     return got
 
 
+def relayed_as(name: str, n: int, text: str, cid: int | None = None) -> str:
+    """What the clerk reads: the name cleaned for the label, the text with no label-like lines or
+    bidi controls (gateway/labels.py); the customer's own stored text stays byte-exact."""
+    return f"【{labels.clean_name(name) or f'顾客{cid}'} #{n}】{labels.neutralise(text)}"
+
+
 async def test_unicode_names_and_texts_reach_the_workbench_clerk_byte_exact(hx, subtests, backend):
     expected = {}
     for i, (case, (name, text)) in enumerate(UNICODE.items(), start=1):
         c = await hx.customer(f"u-uni-{case}", name)
         status, _ = await c.say(text, client_msg_id=f"cm-{case}")
         assert status == 202, case
-        expected[case] = (f"u-uni-{case}", f"【{name} #{i}】{text}")
+        cid = await customer_id(hx.gw, "webchat", f"u-uni-{case}")
+        expected[case] = (f"u-uni-{case}", relayed_as(name, i, text, cid))
     got = await collect(hx.wb_clerk, {relayed for _, relayed in expected.values()})
     for case, (user, relayed) in expected.items():
         name, text = UNICODE[case]
@@ -945,7 +952,7 @@ async def test_unicode_names_and_texts_reach_the_workbench_clerk_byte_exact(hx, 
             assert got.count(relayed) == 1
             cid = await customer_id(hx.gw, "webchat", user)
             async with hx.gw.db() as s:
-                assert (await s.get(Customer, cid)).name == name
+                assert (await s.get(Customer, cid)).name == labels.clean_name(name)
                 stored = (await s.execute(select(ChatMessage.text).where(ChatMessage.customer_id == cid,
                                                                          ChatMessage.direction == "in"))).scalars()
                 assert list(stored) == [text]
@@ -990,7 +997,7 @@ async def test_unicode_both_ways_with_a_dingtalk_clerk(hx, subtests):
     c = await hx.customer("u-dt-uni", NAME, "dt")
     for case, (_, text) in VIA_IM.items():
         assert (await c.say(text, client_msg_id=f"dt-{case}"))[0] == 202
-    relayed = {case: f"【{NAME} #1】{text}" for case, (_, text) in VIA_IM.items()}
+    relayed = {case: relayed_as(NAME, 1, text) for case, (_, text) in VIA_IM.items()}
     await wait_until(lambda: set(relayed.values()) <= set(dtt.sim_texts(hx.dt)))
     for case, (_, text) in VIA_IM.items():  # and the clerk answers with the same text
         headers, body = hx.dt.robot_callback(dtt.STAFF, f"#1 {text}")
@@ -1007,7 +1014,7 @@ async def test_unicode_both_ways_with_a_wecom_clerk(hx, subtests):
     c = await hx.customer("u-wc-uni", NAME, "wc")
     for case, text in cases.items():
         assert (await c.say(text, client_msg_id=f"wc-{case}"))[0] == 202
-    relayed = {case: f"【{NAME} #1】{text}" for case, text in cases.items()}
+    relayed = {case: relayed_as(NAME, 1, text) for case, text in cases.items()}
     await wait_until(lambda: set(relayed.values()) <= set(wct.texts_to(hx.wc)))
     for case, text in cases.items():
         q, body = hx.wc.message_callback("zhangsan", f"#1 {text}")
@@ -1030,12 +1037,12 @@ async def test_unicode_from_an_official_account_customer(hx, subtests):
 
     async def relayed_all():
         got.extend(m["text"] for m in await hx.wb_clerk.fetch() if m["direction"] == "out")
-        return all(any(t.endswith(f" #1】{text}") for t in got) for text in cases.values())
+        return all(any(t.endswith(f" #1】{labels.neutralise(text)}") for t in got) for text in cases.values())
 
     await wait_until(relayed_all)
     for case, text in cases.items():
         with subtests.test(case=case):
-            assert sum(t.startswith("【") and t.endswith(f" #1】{text}") for t in got) == 1
+            assert sum(t.startswith("【") and t.endswith(f" #1】{labels.neutralise(text)}") for t in got) == 1
             assert await n_rows(hx.gw, ChatMessage, ChatMessage.platform == "wechat_mp",
                                 ChatMessage.direction == "in", ChatMessage.text == text) == 1
 
@@ -1077,6 +1084,7 @@ async def test_customer_search_treats_like_wildcards_literally(hx, subtests, bac
 async def test_sql_and_html_are_stored_and_relayed_literally(hx):
     name, text = "Robert'); DROP TABLE customer;--", "<script>alert(1)</script>' OR '1'='1"
     c = await hx.customer("u-sqli", name)
+    name = labels.clean_name(name)  # literal, and like every name cut to 20 characters
     assert (await c.say(text))[0] == 202
     await hx.wb_clerk.wait_for(lambda m: m["text"] == f"【{name} #1】{text}")
     await hx.wb_clerk.say(f"#1 收到：{text}")

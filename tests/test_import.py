@@ -27,6 +27,7 @@ from gateway.models import (
     Store,
 )
 from gateway.runtime import Gateway
+from gateway.tokens import create_token
 from tests.conftest import WEBCHAT_SECRET, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,6 +311,9 @@ async def test_a_clerk_set_to_left_hands_their_customers_over(igw, tmp_path, bac
     r, _, _ = await run(igw, "customers", csv_file(tmp_path, "c.csv", "name,phone,clerk\n" + rows))
     assert r.created == 9
     leave = csv_file(tmp_path, "leave.csv", "name,display_name,store,work_ids,status\n林小雨,小林,静安店,dt=lin01,left\n")
+    async with igw.db() as s:
+        _, token = await create_token(s, "clerk", clerk_id=clerks["小林"].id)
+        await s.commit()
 
     dry, out, _ = await run(igw, "clerks", leave, dry_run=True)
     assert (dry.updated, dry.left) == (1, 1) and "dry run, nothing written" in out
@@ -317,8 +321,10 @@ async def test_a_clerk_set_to_left_hands_their_customers_over(igw, tmp_path, bac
         assert (await s.get(Clerk, clerks["小林"].id)).status == "active"
     assert await count(igw, Binding, Binding.clerk_id == clerks["小林"].id, Binding.valid_to.is_(None)) == 9
 
+    assert await igw.principal(token) is not None  # the dry run revoked nothing
     r, out, _ = await run(igw, "clerks", leave)
     assert (r.updated, r.left, r.failed) == (1, 1, 0)
+    assert await igw.principal(token) is None  # leaving by file revokes the clerk's tokens like the API
     assert "1 clerk left, their customers: 9 moved" in out
     async with igw.db() as s:
         lin = await s.get(Clerk, clerks["小林"].id)

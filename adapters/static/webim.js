@@ -87,13 +87,15 @@
     const hm = d.toLocaleTimeString('zh-CN', { hour: '2-digit', minute: '2-digit' });
     return d.toDateString() === new Date().toDateString() ? hm : (d.getMonth() + 1) + '/' + d.getDate() + ' ' + hm;
   }
-  // opt.custom(s, i, row, mine): a page's own rendering of some segments, see renderSegments.
+  // opt.custom(s, i, row, mine, m): a page's own rendering of some segments, see renderSegments.
+  // The sender (an advisor's name; on the workbench a customer's label) is its own element, from
+  // the message's `sender` field, never read out of the text.
   function bubble(m, mine, opt = {}) {
     const row = el('div', 'msg ' + (mine ? 'me' : 'them'));
     if (!mine && m.sender && m.sender.name) row.appendChild(el('div', 'who', m.sender.name));
     const b = el('div', 'bubble');
     const segs = Array.isArray(m.segments) && m.segments.length ? m.segments : [{ type: 'text', text: m.text || '' }];
-    const custom = opt.custom && ((s, i) => opt.custom(s, i, row, mine));
+    const custom = opt.custom && ((s, i) => opt.custom(s, i, row, mine, m));
     renderSegments(b, segs, { custom, onImageLoad: opt.onImageLoad });
     row.append(b, el('div', 'meta', fmtTime(m.created_at)));
     return row;

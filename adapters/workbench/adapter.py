@@ -94,7 +94,15 @@ class WorkbenchAdapter(Adapter):
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         async def run(clerk_id: int):
-            return await live(request, self.host.hub(), self.account, str(clerk_id))
+            token = bearer(request)
+
+            async def still_valid() -> bool:  # cached by the host; a revocation clears that cache at once
+                try:
+                    return await crypto.clerk_of(self.host, token) == clerk_id
+                except Unauthorized:
+                    return False
+
+            return await live(request, self.host.hub(), self.account, str(clerk_id), still_valid=still_valid)
 
         return await self._guard(request, run)
 

@@ -12,6 +12,8 @@ async function lookups() {
   };
 }
 
+// An erased customer's record stays (anonymous); it reads as erased, never as a nameless customer.
+const customerName = (c) => (c.erased_at ? "erased 已删除" : c.name || "(no name 无名)");
 const clerkLabel = (c, n) => (c ? `${c.display_name} (${c.name}) · ${n.store[c.store_id] || `store #${c.store_id}`}` : "—");
 
 // -- customers --------------------------------------------------------------------------------------
@@ -28,7 +30,7 @@ export async function customers(ctx) {
   let after;
   const cols = [
     { label: "#", get: (c) => String(c.id), num: true },
-    { label: "Name 姓名", get: (c) => h("a", { href: `#/customers/${c.id}`, class: "cust-name" }, c.name || "(no name 无名)") },
+    { label: "Name 姓名", get: (c) => h("a", { href: `#/customers/${c.id}`, class: "cust-name" }, customerName(c)) },
     { label: "Store 门店", get: (c) => n.store[c.store_id] || "—" },
     { label: "Tags 标签", get: (c) => tags(c.tags) },
     { label: "Marketing 营销", get: (c) => (c.erased_at ? "erased 已删除" : c.opted_out_at ? "opted out 退订" : "ok") },
@@ -95,7 +97,7 @@ export async function customer(ctx, id) {
   replace(ctx.root,
     h("div", { class: "toolbar" }, h("a", { href: "#/customers" }, "← Customers 顾客")),
     h("div", { class: "card" },
-      h("h2", { id: "cust-title" }, c.name || "(no name 无名)"),
+      h("h2", { id: "cust-title" }, customerName(c)),
       h("dl", { class: "kv" },
         h("dt", {}, "Customer 顾客"), h("dd", {}, `#${c.id}`),
         h("dt", {}, "Store 门店"), h("dd", {}, n.store[c.store_id] || "—"),
