@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from gateway.model import Event, Identity, Message, Target
     from gateway.quota import SendQuota
+    from gateway.state import GatewayState
 
 BUILTIN_ADAPTERS = ("adapters.webchat", "adapters.workbench", "adapters.dingtalk", "adapters.wecom",
                     "adapters.wechat_mp")
@@ -116,6 +117,7 @@ class Host(Protocol):
     max_body: int
     base_url: str  # the gateway's public URL
     quota: SendQuota  # per-recipient platform caps, counted by every process together
+    state: GatewayState  # what an adapter may read of the gateway's state, question by question
 
     async def ingest(self, adapter: Adapter, request: web.Request) -> web.StreamResponse: ...
 
@@ -124,8 +126,6 @@ class Host(Protocol):
     async def principal(self, token: str) -> Principal | None: ...
 
     async def history(self, identity: Identity, after: int, limit: int) -> dict: ...
-
-    async def query(self, name: str, **kwargs: Any) -> Any: ...
 
     def hub(self) -> Any: ...
 

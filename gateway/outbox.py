@@ -288,17 +288,29 @@ class OutboxWorker:
             except Exception as e:  # an adapter bug or a network fault we did not classify: retry, loudly
                 log.exception("outbox send %s failed unexpectedly", row.id)
                 return await self._retry(row, f"{type(e).__name__}: {e}", None)
+            # Until its record commits, the send counts in the peer's reply window from memory
+            # (gateway/state.py): the peer's next send never waits for this commit, which gave one
+            # busy peer one message per database round trip.
+            peer = (row.account, target.identity.external_id)
+            if row.message_id is not None:
+                self.gw.state.unrecorded.setdefault(peer, set()).add(row.message_id)
             # The send's own time, not the later group commit's: reply windows count by it.
             recorded = asyncio.ensure_future(self._sent.submit((row, receipt, self.gw.clock.now())))
-            if adapter.capabilities().reply_window is not None:
-                # A platform that counts sends per window reads this record before the peer's next send.
-                await asyncio.shield(recorded)
-        # Elsewhere the peer's next send need not wait for this commit: one busy clerk would otherwise
-        # get one message per database round trip.
-        if not await asyncio.shield(recorded):
+        try:
+            ok = await asyncio.shield(recorded)
+        finally:
+            self._recorded(peer, row.message_id)
+        if not ok:
             return "lost_lease"  # another worker took the row over after our lease ran out
         self.sent += 1
         return "sent"
+
+    def _recorded(self, peer: tuple[str, str], message_id: int | None) -> None:
+        pending = self.gw.state.unrecorded.get(peer)
+        if pending is not None:
+            pending.discard(message_id)
+            if not pending:
+                del self.gw.state.unrecorded[peer]
 
     async def _record_sent(self, batch: list) -> list[bool]:
         """Group commit of successful sends: one guarded UPDATE for the batch, then the message

@@ -30,22 +30,17 @@ from gateway.middleware import MIDDLEWARES
 from gateway.model import Identity
 from gateway.models import (
     ApiToken,
-    Binding,
     ChatMessage,
     Clerk,
     ClerkIdentity,
-    Invite,
-    Outbox,
-    Store,
-    Transfer,
 )
-from gateway.models import Identity as IdentityRow
 from gateway.netaddr import client_address
 from gateway.outbox import OutboxWorker
 from gateway.quota import SendQuota
 from gateway.ratelimit import SlidingCounter
 from gateway.replay import SignatureBook
 from gateway.router import Dispatcher
+from gateway.state import GatewayState
 from gateway.tokens import REVOKED_CHANNEL, Principal, hash_token, resolve_token
 
 log = logging.getLogger("gateway")
@@ -80,6 +75,7 @@ class Gateway:
             cls = adapter_class(acc.platform)
             self.adapters[acc.name] = cls(acc, self)
         self.clerk_accounts = {n: a.platform for n, a in self.adapters.items() if a.side == "clerk"}
+        self.state = GatewayState(self.db, self.clock, self.tz)  # what adapters may read (typed)
         self.quota = SendQuota(self.db, self.clock)  # the platforms' per-recipient caps, shared by all processes
         self.caches = Caches(max_age=None if isinstance(self._hub, PgHub) else 30.0)
         # A kind that changed elsewhere; None: the listening connection was lost, so anything may have.
@@ -240,113 +236,6 @@ class Gateway:
         if in_flight is not None:
             nxt = min(nxt, in_flight - 1)
         return {"items": items, "next": max(nxt, after)}
-
-    async def query(self, name: str, **kw):
-        return await getattr(self, f"_q_{name}")(**kw)
-
-    async def _q_advisor_of(self, identity: Identity) -> dict | None:
-        async with self.db() as s:
-            row = (
-                await s.execute(
-                    select(Clerk.display_name)
-                    .join(Binding, (Binding.clerk_id == Clerk.id) & Binding.valid_to.is_(None))
-                    .join(IdentityRow, IdentityRow.customer_id == Binding.customer_id)
-                    .where(IdentityRow.platform == identity.platform, IdentityRow.account == identity.account,
-                           IdentityRow.external_id == identity.external_id)
-                )
-            ).first()
-        return {"name": row[0]} if row else None
-
-    async def _q_invite_advisor(self, code: str) -> dict | None:
-        async with self.db() as s:
-            row = (
-                await s.execute(
-                    select(Clerk.display_name)
-                    .join(Invite, Invite.clerk_id == Clerk.id)
-                    .where(Invite.code == code, Clerk.status == "active")
-                )
-            ).first()
-        return {"name": row[0]} if row else None
-
-    async def _q_clerk_profile(self, clerk_id: int) -> dict | None:
-        async with self.db() as s:
-            row = (await s.execute(select(Clerk, Store.name).join(Store).where(Clerk.id == clerk_id))).first()
-        if row is None:
-            return None
-        clerk, store_name = row
-        return {"id": clerk.id, "name": clerk.name, "display_name": clerk.display_name, "store_id": clerk.store_id,
-                "store_name": store_name, "status": clerk.status}
-
-    async def _q_clerk_customers(self, clerk_id: int) -> list[dict]:
-        async with self.db() as s:
-            current = await focus.current(s, clerk_id)
-            rows = await advisors.clerk_customers(s, clerk_id)
-        return [
-            {"handle": n, "customer_id": c.id, "name": advisors.customer_name(c),
-             "last_message_at": at.astimezone(self.tz).isoformat() if at else None, "current": c.id == current}
-            for c, n, at in rows
-        ]
-
-    async def _q_invite_channel(self, code: str, account: str) -> dict | None:
-        """For a platform's contact QR: the invite's clerk id on `account` and what was made before."""
-        async with self.db() as s:
-            row = (await s.execute(
-                select(Invite.channel_refs, ClerkIdentity.external_id)
-                .join(Clerk, (Clerk.id == Invite.clerk_id) & (Clerk.status == "active"))
-                .join(ClerkIdentity, (ClerkIdentity.clerk_id == Clerk.id) & (ClerkIdentity.account == account),
-                      isouter=True)
-                .where(Invite.code == code)
-            )).first()
-        if row is None:
-            return None
-        return {"user": row[1], "ref": (row[0] or {}).get(account)}
-
-    async def _q_awaiting_delivery(self, account: str, days: int = 3) -> list[dict]:
-        """Customer messages a platform accepted but has not reported on (WeCom tasks), by platform id."""
-        since = self.clock.now() - timedelta(days=days)
-        async with self.db() as s:  # one row per platform id (a mass task covers many customers)
-            firsts = (await s.execute(
-                select(ChatMessage.platform_msg_id, func.min(Outbox.id))
-                .join(Outbox, Outbox.message_id == ChatMessage.id)
-                .where(ChatMessage.account == account, ChatMessage.direction == "out", ChatMessage.side == "customer",
-                       ChatMessage.status == "sent", ChatMessage.platform_msg_id.is_not(None),
-                       ChatMessage.created_at >= since)
-                .group_by(ChatMessage.platform_msg_id)
-            )).all()
-            targets = dict((await s.execute(select(Outbox.id, Outbox.target).where(
-                Outbox.id.in_([oid for _, oid in firsts])))).all()) if firsts else {}
-        return [{"platform_msg_id": pid, "hints": (targets.get(oid) or {}).get("hints") or {}} for pid, oid in firsts]
-
-    async def _q_pending_transfers(self, account: str) -> list[dict]:
-        """Requested transfers on `account`, grouped the way the platform reports them."""
-        async with self.db() as s:
-            rows = (await s.execute(
-                select(Transfer.handover_user, Transfer.takeover_user, Transfer.resigned, Transfer.external_id)
-                .where(Transfer.account == account, Transfer.status == "requested")
-            )).all()
-        groups: dict[tuple, list[str]] = {}
-        for handover_user, takeover_user, resigned, ext in rows:
-            groups.setdefault((handover_user, takeover_user, bool(resigned)), []).append(ext)
-        return [{"handover": h, "takeover": t, "resigned": r, "external_ids": ids} for (h, t, r), ids in groups.items()]
-
-    async def _q_reply_window(self, identity: Identity) -> dict | None:
-        """When the customer last opened this channel's reply window, how, and how many messages
-        have been sent to them on it since (platforms that count replies per window)."""
-        async with self.db() as s:
-            row = (await s.execute(
-                select(IdentityRow.window_at, IdentityRow.window_kind)
-                .where(IdentityRow.platform == identity.platform, IdentityRow.account == identity.account,
-                       IdentityRow.external_id == identity.external_id)
-            )).first()
-            if row is None or row[0] is None:
-                return None
-            sent = (await s.execute(
-                select(func.count(ChatMessage.id))
-                .where(ChatMessage.account == identity.account, ChatMessage.peer_id == identity.external_id,
-                       ChatMessage.direction == "out", ChatMessage.status.in_(("sent", "delivered")),
-                       ChatMessage.sent_at >= row[0])
-            )).scalar_one()
-        return {"opened_at": row[0], "kind": row[1], "sent": sent}
 
     # -- helpers for bots ----------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ def test_parse_vector(path):
     got = [
         {"type": e.type, "side": e.side, "sender": [e.sender.platform, e.sender.account, e.sender.external_id],
          "dedupe_key": e.dedupe_key, "segments": [s.to_dict() for s in e.message.segments] if e.message else None,
-         "profile": e.profile, **({"occurred_at": e.occurred_at.isoformat()} if e.message else {})}
+         "profile": e.profile, **({"occurred_at": e.occurred_at.isoformat()} if e.message else {}),
+         **({"quote": e.payload["quote"]} if "quote" in e.payload else {})}
         for e in events.parse(raw)
     ]
     assert got == v["expected"]

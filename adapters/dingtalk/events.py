@@ -93,9 +93,27 @@ def parse_robot(raw: DingTalkRaw) -> list[Event]:
     segments = _segments(raw)
     if not segments:
         return []  # a kind we do not relay (e.g. an empty text): acknowledged, nothing to do
+    payload: dict[str, Any] = {"platform_msg_id": msg_id}
+    quoted = _quoted_text(b)
+    if quoted is not None:
+        payload["quote"] = {"text": quoted}
     return [Event("message", "clerk", Identity(PLATFORM, raw.account, staff), dedupe_key("msg", msg_id), _created(b, raw),
-                  message=Message(segments), payload={"platform_msg_id": msg_id},
+                  message=Message(segments), payload=payload,
                   profile={"name": b["senderNick"]} if isinstance(b.get("senderNick"), str) and b["senderNick"] else {})]
+
+
+def _quoted_text(b: dict) -> str | None:
+    """The text of the message a clerk's reply quotes (引用): `text.isReplyMsg` with `text.repliedMsg`,
+    whose `content` holds `text` (or `content`, as DingTalk delivers a quoted plain text). Other kinds
+    of quote carry no text we can use: None."""
+    text = b.get("text")
+    replied = text.get("repliedMsg") if isinstance(text, dict) and text.get("isReplyMsg") else None
+    content = replied.get("content") if isinstance(replied, dict) else None
+    if isinstance(content, dict):
+        for key in ("text", "content"):
+            if isinstance(content.get(key), str) and content[key]:
+                return content[key][:4000]
+    return None
 
 
 def _created(b: dict, raw: DingTalkRaw) -> datetime:

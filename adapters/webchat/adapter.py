@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 from aiohttp import web
@@ -157,8 +158,8 @@ class WebchatAdapter(Adapter):
             claims = self._claims(request)
         except Unauthorized as e:
             return error_response(401, "unauthorized", str(e))
-        advisor = await self.host.query("advisor_of", identity=Identity(self.platform, self.account, claims["u"]))
-        return web.json_response({"advisor": advisor})
+        advisor = await self.host.state.advisor_of(Identity(self.platform, self.account, claims["u"]))
+        return web.json_response({"advisor": asdict(advisor) if advisor else None})
 
     async def _invite(self, request: web.Request) -> web.Response:
         """Who an invite binds to, so the consent text can name the advisor before binding."""
@@ -166,10 +167,10 @@ class WebchatAdapter(Adapter):
             self._claims(request)
         except Unauthorized as e:
             return error_response(401, "unauthorized", str(e))
-        advisor = await self.host.query("invite_advisor", code=request.match_info["code"].lower()[:32])
+        advisor = await self.host.state.invite_advisor(request.match_info["code"].lower()[:32])
         if advisor is None:
             return error_response(404, "invite_not_found", "no such invite")
-        return web.json_response({"advisor": advisor})
+        return web.json_response({"advisor": asdict(advisor)})
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         try:

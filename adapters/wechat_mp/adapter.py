@@ -165,17 +165,17 @@ class WeChatMpAdapter(Adapter):
     async def _check_window(self, target, parts: int) -> None:
         """The customer-service window, from what the gateway recorded: a send WeChat would refuse
         is held here instead (the platform's own 45015 / 45047 answers are handled the same way)."""
-        info = await self.host.query("reply_window", identity=target.identity)
+        info = await self.host.state.reply_window(target.identity)
         now = self.host.clock.now()
         if info is None:
             raise Permanent("the customer has not written to the Official Account yet", code="window_closed",
                             hold=True, fallback=True)
-        span, quota = WINDOWS.get(info["kind"], WINDOWS["message"])
-        if now > info["opened_at"] + span:
-            raise Permanent(f"the reply window closed at {(info['opened_at'] + span).isoformat()}",
+        span, quota = WINDOWS.get(info.kind, WINDOWS["message"])
+        if now > info.opened_at + span:
+            raise Permanent(f"the reply window closed at {(info.opened_at + span).isoformat()}",
                             code="window_closed", hold=True, fallback=True)
-        if info["sent"] + parts > quota:
-            raise Permanent(f"{quota} replies allowed in this window; {info['sent']} sent", code="window_quota",
+        if info.sent + parts > quota:
+            raise Permanent(f"{quota} replies allowed in this window; {info.sent} sent", code="window_quota",
                             hold=True, fallback=True)
 
     async def _mass_call(self, content: str, items: list[tuple[str, str]]) -> list:
@@ -196,10 +196,10 @@ class WeChatMpAdapter(Adapter):
         code = request.match_info["code"].lower()
         if code in self._qr:
             raise web.HTTPFound(self._qr[code])
-        info = await self.host.query("invite_channel", code=code, account=self.account)
+        info = await self.host.state.invite_channel(code, self.account)
         if info is None:
             return error_response(404, "not_found", "no such invite")
-        ref = info.get("ref") or {}
+        ref = info.ref or {}
         now = self.host.clock.now()
         if ref.get("qr_code") and (not ref.get("expires_at") or ref["expires_at"] > now.isoformat()):
             raise web.HTTPFound(ref["qr_code"])

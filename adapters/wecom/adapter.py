@@ -159,20 +159,20 @@ class WeComAdapter(Adapter):
     async def poll_once(self) -> int:
         """Mass-task results and transfer results into Events. Returns the reports submitted."""
         n = 0
-        for task in await self.host.query("awaiting_delivery", account=self.account):
-            sender = (task.get("hints") or {}).get("advisor")
+        for task in await self.host.state.awaiting_delivery(self.account):
+            sender = task.hints.get("advisor")
             if not sender:
                 continue
-            for row in await self.api.send_results(task["platform_msg_id"], sender):
+            for row in await self.api.send_results(task.platform_msg_id, sender):
                 if row.get("external_userid") and row.get("status") in (1, 2, 3):
-                    await self._submit_report({"type": "delivery", "msgid": task["platform_msg_id"], **row})
+                    await self._submit_report({"type": "delivery", "msgid": task.platform_msg_id, **row})
                     n += 1
-        for t in await self.host.query("pending_transfers", account=self.account):
-            wanted = set(t["external_ids"])
-            for row in await self.api.transfer_results(t["handover"], t["takeover"], resigned=t["resigned"]):
+        for t in await self.host.state.pending_transfers(self.account):
+            wanted = set(t.external_ids)
+            for row in await self.api.transfer_results(t.handover, t.takeover, resigned=t.resigned):
                 if row.get("external_userid") in wanted and row.get("status") in (1, 3, 4):
-                    await self._submit_report({"type": "transfer_result", "handover": t["handover"],
-                                               "takeover": t["takeover"], **row})
+                    await self._submit_report({"type": "transfer_result", "handover": t.handover,
+                                               "takeover": t.takeover, **row})
                     n += 1
         return n
 
@@ -273,15 +273,15 @@ class WeComAdapter(Adapter):
         code = request.match_info["code"].lower()
         if code in self._ways:
             raise web.HTTPFound(self._ways[code])
-        info = await self.host.query("invite_channel", code=code, account=self.account)
+        info = await self.host.state.invite_channel(code, self.account)
         if info is None:
             return error_response(404, "not_found", "no such invite")
-        if info.get("ref"):
-            raise web.HTTPFound(info["ref"]["qr_code"])
-        if not info.get("user"):
+        if info.ref:
+            raise web.HTTPFound(info.ref["qr_code"])
+        if not info.user:
             return error_response(404, "not_found", "this advisor has no WeCom account here")
         try:
-            data = await self.api.add_contact_way(info["user"], f"{events.STATE_PREFIX}{code}", remark=f"invite {code}")
+            data = await self.api.add_contact_way(info.user, f"{events.STATE_PREFIX}{code}", remark=f"invite {code}")
         except (Retryable, Permanent) as e:  # the reason is logged, never sent (it may name URLs)
             log.warning("wecom %s: contact QR for %s not made: %s", self.account, code, e)
             return error_response(502, "upstream", "WeCom did not make the contact QR code; try again later")

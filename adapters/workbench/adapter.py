@@ -3,6 +3,7 @@ DingTalk or WeCom robot chat, so the relay and command bots work unchanged."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from aiohttp import web
@@ -72,10 +73,10 @@ class WorkbenchAdapter(Adapter):
 
     async def _me(self, request: web.Request) -> web.StreamResponse:
         async def run(clerk_id: int):
-            clerk = await self.host.query("clerk_profile", clerk_id=clerk_id)
+            clerk = await self.host.state.clerk_profile(clerk_id)
             if clerk is None:
                 raise Unauthorized("this clerk no longer exists")
-            return web.json_response({"clerk": clerk})
+            return web.json_response({"clerk": asdict(clerk)})
 
         return await self._guard(request, run)
 
@@ -88,7 +89,7 @@ class WorkbenchAdapter(Adapter):
 
     async def _customers(self, request: web.Request) -> web.StreamResponse:
         async def run(clerk_id: int):
-            return web.json_response({"items": await self.host.query("clerk_customers", clerk_id=clerk_id)})
+            return web.json_response({"items": [asdict(c) for c in await self.host.state.clerk_customers(clerk_id)]})
 
         return await self._guard(request, run)
 
