@@ -14,6 +14,7 @@ allocate, a customer without a known channel) materialises the context and uses 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from gateway import advisors, labels, service
@@ -108,7 +109,7 @@ async def _held_back(ctx: Ctx, clerk_target, first: bool) -> None:
     if first:
         await ctx.reply(FLOOD_REPLY, suffix="flood")
         name = advisors.customer_name(ctx.customer, ctx.identity)
-        await ctx.send(clerk_target, Message.of_text(
+        await ctx.send(replace(clerk_target, about=ctx.customer.id), Message.of_text(
             f"⚠️ {name} 短时间内发送了大量消息，暂停转发一分钟；消息已保存。 {name} is sending too fast; "
             f"relaying paused for a minute, nothing is lost."), suffix="flood-clerk", kind="notice")
     return None

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import event, func, select
 
+from gateway.advisors import workbench_clerk_id
 from gateway.model import Identity
 from gateway.models import ClerkIdentity, Store
 from gateway.service import parse_hours
@@ -69,7 +70,7 @@ class Caches:
         out, missing = {}, []
         for ident in idents:
             if ident.platform == "workbench":
-                out[ident] = int(ident.external_id) if ident.external_id.isdigit() else None
+                out[ident] = workbench_clerk_id(ident.platform, ident.external_id)
             elif ident in self._clerk_of:
                 out[ident] = self._clerk_of[ident]
             else:

@@ -145,8 +145,11 @@ class PgHub(Hub):
                 self.connected_event.set()
                 backoff = 0.5
                 while True:
-                    item = await self._outbox.get()
-                    await conn.execute("SELECT pg_notify($1, $2)", self.CHANNEL, item)
+                    items = [await self._outbox.get()]
+                    while len(items) < 500 and not self._outbox.empty():  # whatever piled up: one round trip
+                        items.append(self._outbox.get_nowait())
+                    await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, i) "
+                                       "ORDER BY i", self.CHANNEL, items)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - reconnect; pages catch up from history meanwhile
