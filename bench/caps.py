@@ -310,7 +310,7 @@ def table(result: dict) -> str:
                      r["max_calls_in_1s"], r["max_accepted_in_1s"],
                      " + ".join(map(str, r["database"]["sends_by_process"])), health_cell(r["health"]),
                      "yes" if r["within_cap"] else "NO"])
-    return fmt_table(["", "relays", "window s", "calls", "calls/s", "throttled", "max in 1 s", "max accepted in 1 s",
+    return fmt_table(["", "relays", "window s", "calls accepted", "calls/s", "throttled", "max in 1 s", "max accepted in 1 s",
                       "sends by process", "deadlocks / retries", "0 over the cap"], rows)
 
 
