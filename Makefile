@@ -38,7 +38,9 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingress.py
 	$(BIN)/python bench/inbound.py --platform all
 	$(BIN)/python bench/inbound.py --platform all --db postgres --rate 1000 --seconds 10
-	$(BIN)/python bench/instances.py
+	$(BIN)/python bench/inbound.py --platform dingtalk --db postgres --compare-cap
+	$(BIN)/python bench/instances.py --compare both --clerks 5 50
+	$(BIN)/python bench/caps.py
 	$(BIN)/python bench/campaign.py
 	$(BIN)/python bench/report.py
 

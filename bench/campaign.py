@@ -14,6 +14,7 @@ identity and an open binding to one of 50 clerks (written with set-based SQL, no
     .venv/bin/python bench/campaign.py [--customers N] [--cap R] [--dispatch-seconds S] [--batch B]
 
 Aims (issue 7): materialise 1,000,000 in < 60 s, peak RSS < 300 MB, ≥ 99 % of the cap, 0 over it.
+The run's deadlocks and retries are printed too (common.RunHealth).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import asyncio
 import bisect
 import json
-import logging
 import os
 import platform
 import resource
@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+from common import RunHealth, health_line, quiet_logging  # noqa: E402
 
 from gateway import scheduler  # noqa: E402
 from gateway.config import build_config  # noqa: E402
@@ -86,7 +87,7 @@ async def main() -> int:
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    digest = quiet_logging()
 
     admin = os.environ.get("TEST_PG_URL", PG_DEFAULT)
     name = f"gw_bench_{uuid.uuid4().hex[:10]}"
@@ -98,6 +99,7 @@ async def main() -> int:
                  "commit": COMMIT}
     try:
         await upgrade(url)
+        health = await RunHealth(url).start()
         t0 = time.perf_counter()
         await seed(url.replace("postgresql+asyncpg://", "postgresql://"), args.customers)
         out["seed_s"] = round(time.perf_counter() - t0, 1)
@@ -143,6 +145,7 @@ async def main() -> int:
                    achieved_pct_of_cap=round(100 * rate / args.cap, 1), over_cap=over_cap(times, args.cap),
                    rss_peak_after_dispatch_mb=round(rss_mb()))
         await gw.engine.dispose()
+        out["health"] = await health.finish()
     finally:
         await aconn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await aconn.close()
@@ -150,7 +153,11 @@ async def main() -> int:
         print(json.dumps(out, ensure_ascii=False))
     else:
         for k, v in out.items():
-            print(f"{k:>28}: {v}")
+            if k != "health":
+                print(f"{k:>28}: {v}")
+        print(health_line(out["health"]))
+        for line in digest.lines():
+            print(line)
         aims = [("materialise < 60 s (at 1M)", out["materialize_s"] * 1_000_000 / args.customers < 60),
                 ("peak RSS < 300 MB", out["rss_peak_after_dispatch_mb"] < 300),
                 ("≥ 99 % of the cap", out["achieved_pct_of_cap"] >= 99), ("0 sends over the cap", out["over_cap"] == 0)]

@@ -15,11 +15,14 @@ A request is `(url, headers, body)`: a dict body is sent as JSON, bytes as they 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import math
 import os
 import platform
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -370,6 +373,113 @@ class Database:
             self._tmp.cleanup()
 
 
+# -- deadlocks and retries (every run prints them) --------------------------------------------------
+
+
+BATCH_FALLBACK = re.compile(r"batch of .* failed", re.IGNORECASE)  # gateway.ingress: applied one claim at a time
+
+
+async def pg_deadlocks(url: str) -> int | None:
+    """`pg_stat_database.deadlocks` of the database `url` names; None when it is not PostgreSQL."""
+    if not url.startswith("postgresql"):
+        return None
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    conn = await asyncpg.connect(pg_dsn(pg_admin_url()), timeout=10)
+    try:
+        return int(await conn.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = $1", name) or 0)
+    finally:
+        await conn.close()
+
+
+async def pg_sessions_gone(url: str, timeout: float = 10.0) -> None:
+    """Wait until nobody else is connected to the database. A backend publishes its statistics
+    (the deadlock counter among them) when it goes idle for a while or exits: read them after."""
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    conn = await asyncpg.connect(pg_dsn(pg_admin_url()), timeout=10)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and await conn.fetchval(  # noqa: ASYNC110 - polls the server
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # the last one's exit has flushed its counters by now, or nearly
+    finally:
+        await conn.close()
+
+
+class RunHealth:
+    """Deadlocks and retries of one gateway run (issue 17, aim 6: every bench run prints them, and
+    the aim is 0 deadlocks). `start()` before the gateway starts, `finish()` after it stopped and
+    before the database is dropped:
+
+      * `pg_deadlocks` — the delta of PostgreSQL's `pg_stat_database.deadlocks` for the run's
+        database (None on SQLite);
+      * `log_deadlocks`, `batch_fallbacks` — gateway warnings and errors mentioning a deadlock, and
+        ingress batches that failed and were applied one claim at a time; from the installed
+        LogDigest (in-process gateways) or a `scan_logs` summary passed to `finish(log=…)`;
+      * `claims_retried` / `claims_failed` / `claims_pending` — inbound claims whose processing
+        failed at least once (`attempts > 0`), gave up, or were still pending at the end;
+      * `outbox_retried` / `outbox_dead` / `outbox_unsent` — outbox rows claimed more than once
+        (`attempts > 1`: a failed send, or a lease that ran out), given up, or still pending or
+        sending at the end (a capped account's backlog, when the run stops before it drains).
+
+    Counts over the whole run: setup and warm-up included (a deadlock there is one too)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._deadlocks0: int | None = None
+        self._mark = None
+
+    async def start(self) -> RunHealth:
+        self._deadlocks0 = await pg_deadlocks(self.url)
+        self._mark = _digest.mark() if _digest is not None else None
+        return self
+
+    async def finish(self, log: dict | None = None) -> dict:
+        from gateway.db import make_engine
+        from gateway.models import InboundClaim
+
+        if log is None:
+            log = _digest.summary(since=self._mark) if _digest is not None else {"deadlocks": 0, "records": []}
+        engine = make_engine(self.url, pool_size=1)
+        try:
+            async with session_factory(engine)() as s:
+                c, o = InboundClaim, Outbox
+                claims = (await s.execute(select(
+                    func.count().filter(c.attempts > 0), func.count().filter(c.status == "failed"),
+                    func.count().filter(c.status == "pending")))).one()
+                outbox = (await s.execute(select(
+                    func.count().filter(o.attempts > 1), func.count().filter(o.status == "dead"),
+                    func.count().filter(o.status.in_(("pending", "sending")))))).one()
+        finally:
+            await engine.dispose()
+        deadlocks = None
+        if self._deadlocks0 is not None:
+            await pg_sessions_gone(self.url)
+            deadlocks = await pg_deadlocks(self.url) - self._deadlocks0
+        return {"pg_deadlocks": deadlocks, "log_deadlocks": log["deadlocks"],
+                "batch_fallbacks": sum(r["count"] for r in log["records"] if BATCH_FALLBACK.search(r["message"])),
+                "claims_retried": claims[0], "claims_failed": claims[1], "claims_pending": claims[2],
+                "outbox_retried": outbox[0], "outbox_dead": outbox[1], "outbox_unsent": outbox[2]}
+
+
+def health_cell(h: dict) -> str:
+    """A table cell: deadlocks (PostgreSQL's count, or the log's on SQLite) / retries of any kind."""
+    dl = h["pg_deadlocks"] if h["pg_deadlocks"] is not None else h["log_deadlocks"]
+    return f"{dl} / {h['claims_retried'] + h['batch_fallbacks'] + h['outbox_retried']}"
+
+
+def health_line(h: dict) -> str:
+    pg = "" if h["pg_deadlocks"] is None else f"{h['pg_deadlocks']} in PostgreSQL's statistics, "
+    return (f"deadlocks: {pg}{h['log_deadlocks']} in the gateway log; retries: "
+            f"{h['claims_retried']} ingress claims retried ({h['claims_failed']} failed, {h['claims_pending']} "
+            f"left pending), {h['batch_fallbacks']} batches applied one claim at a time, {h['outbox_retried']} "
+            f"outbox rows retried ({h['outbox_dead']} dead, {h['outbox_unsent']} unsent at the end)")
+
+
 async def make_world(gw) -> tuple[int, str]:
     """A store, a clerk, an invite (like tests.conftest.make_world). Returns (clerk id, invite code)."""
     clerk_id, _, invite = (await make_clerks(gw, 1))[0]
@@ -547,6 +657,163 @@ class Backlog:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
+# -- `gateway serve` processes -----------------------------------------------------------------------
+
+READY_TIMEOUT = 60.0
+
+
+class Instance:
+    """One `gateway serve` subprocess (`--workers N`: a supervisor and N workers on its one port);
+    stdout/stderr go to a log file. `profile`: run it under cProfile (the supervisor only, when
+    it has workers: they are processes of their own)."""
+
+    def __init__(self, index: int, workdir: Path, profile: str | None = None, workers: int = 1):
+        self.index, self.port, self.workers = index, free_port(), workers
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"instance-{index}-{uuid.uuid4().hex[:6]}.log"
+        self.profile = profile if workers == 1 else None
+        self.proc: asyncio.subprocess.Process | None = None
+        self._log = None
+
+    async def start(self, config: Path) -> None:
+        cmd = [sys.executable]
+        if self.profile:
+            cmd += ["-m", "cProfile", "-o", self.profile]
+        cmd += ["-m", "gateway", "serve", "--config", str(config), "--port", str(self.port),
+                "--workers", str(self.workers)]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115, ASYNC230 - closed in stop()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=self._log,
+                                                         stderr=subprocess.STDOUT, env=env)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def pids(self) -> list[int]:
+        """The processes that serve: this one, or its workers (not multiprocessing's helpers)."""
+        if self.workers == 1:
+            return [self.proc.pid]
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != self.proc.pid:
+                    continue
+                if b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                    out.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return sorted(out)
+
+    def cpu_seconds(self) -> dict[int, float]:
+        """user + system CPU time so far of each serving process (Linux /proc), by pid."""
+        return {pid: cpu_of(pid) for pid in self.pids()}
+
+    async def ready(self, http: aiohttp.ClientSession) -> None:
+        """/readyz answered 200 — by every worker: each request on a new connection, which the
+        kernel gives to any of them, until as many instance ids as workers have answered."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        seen: set[str] = set()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            while time.monotonic() < deadline:
+                if self.proc.returncode is not None:
+                    raise BenchError(f"instance {self.index} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    async with fresh.get(f"{self.url}/readyz") as resp:
+                        if resp.status == 200:
+                            seen.add((await resp.json()).get("instance", ""))
+                            if len(seen) >= self.workers:
+                                return
+                            continue
+                except (aiohttp.ClientError, ValueError):
+                    pass
+                await asyncio.sleep(0.2)
+        raise BenchError(f"instance {self.index}: {len(seen)} of {self.workers} workers ready within "
+                         f"{READY_TIMEOUT:.0f} s:\n{self.log_tail()}")
+
+    def check_alive(self) -> None:
+        if self.proc.returncode is not None:
+            raise BenchError(f"instance {self.index} died with {self.proc.returncode}:\n{self.log_tail()}")
+
+    async def stop(self, timeout: float = 45.0) -> int | None:
+        """SIGTERM (the graceful shutdown), then SIGKILL after `timeout`. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            pids = self.pids() if self.workers > 1 else []
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                for pid in [self.proc.pid, *pids]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                await self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+        return self.proc.returncode
+
+
+def cpu_of(pid: int) -> float:
+    """user + system CPU seconds of a process so far (Linux /proc); NaN when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU jiffies of the whole machine so far (Linux /proc/stat)."""
+    try:
+        nums = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = nums[3] + (nums[4] if len(nums) > 4 else 0)
+        return float(sum(nums) - idle), float(sum(nums))
+    except (OSError, ValueError, IndexError):
+        return float("nan"), float("nan")
+
+
+def scan_logs(paths: list[Path]) -> dict:
+    """Warnings and errors in `gateway serve`'s JSON logs, summarised like LogDigest.summary()."""
+    counts: dict[tuple[str, str, str], int] = {}
+    deadlocks = 0
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if '"level"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("level") not in ("warning", "error", "critical"):
+                continue
+            key = (rec.get("logger", ""), rec["level"].upper(), re.sub(r"\d+", "N", str(rec.get("event", "")))[:120])
+            counts[key] = counts.get(key, 0) + 1
+            deadlocks += "deadlock" in line.lower()
+    return {"deadlocks": deadlocks,
+            "records": [{"logger": n, "level": lv, "message": m, "count": c}
+                        for (n, lv, m), c in sorted(counts.items(), key=lambda kv: -kv[1])]}
+
+
+def write_serve_config(path: Path, url: str, accounts: list[dict], workers: int = 1, **sections) -> None:
+    """A `gateway serve` config: the database, JSON logs, `server.workers`, the benchmarks' policies."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "database": {"url": url},
+        "server": {"host": "127.0.0.1", "first_run_seed": False, "log_format": "json", "workers": workers},
+        "policies": BENCH_POLICIES,
+        "accounts": accounts,
+        **sections,
+    }, allow_unicode=True))
+
+
 # -- report -----------------------------------------------------------------------------------------
 
 
@@ -613,8 +880,9 @@ def ms(v: float | str | None) -> str:
 class LogDigest(logging.Handler):
     """Warnings and errors of the gateway under test: the first of each kind is printed whole
     (stderr), the repeats are only counted, and `summary()` lists the counts — a storm of
-    identical tracebacks neither floods the output nor goes unnoticed. Tracebacks that mention
-    a deadlock are counted apart."""
+    identical tracebacks neither floods the output nor goes unnoticed. Records whose message or
+    traceback mentions a deadlock are counted apart. `mark()` and `summary(since=mark)`: the
+    records of one run when a process runs several."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -626,15 +894,23 @@ class LogDigest(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         key = (record.name, record.levelname, re.sub(r"\d+", "N", str(record.msg))[:120])
         self.counts[key] = self.counts.get(key, 0) + 1
-        if record.exc_info and "deadlock" in "".join(map(str, record.exc_info[1:2])).lower():
+        exc = "".join(map(str, record.exc_info[1:2])) if record.exc_info else ""
+        if "deadlock" in f"{record.getMessage()} {exc}".lower():
             self.deadlocks += 1
         if self.counts[key] == 1:
             self._out.handle(record)
 
-    def summary(self) -> dict:
-        return {"deadlocks": self.deadlocks,
+    def mark(self) -> tuple[dict, int]:
+        return dict(self.counts), self.deadlocks
+
+    def summary(self, since: tuple[dict, int] | None = None) -> dict:
+        counts, deadlocks = self.counts, self.deadlocks
+        if since is not None:
+            counts = {k: c - since[0].get(k, 0) for k, c in counts.items() if c > since[0].get(k, 0)}
+            deadlocks -= since[1]
+        return {"deadlocks": deadlocks,
                 "records": [{"logger": n, "level": lv, "message": m, "count": c}
-                            for (n, lv, m), c in sorted(self.counts.items(), key=lambda kv: -kv[1])]}
+                            for (n, lv, m), c in sorted(counts.items(), key=lambda kv: -kv[1])]}
 
     def lines(self) -> list[str]:
         return log_lines(self.summary())
@@ -648,9 +924,13 @@ def log_lines(summary: dict) -> list[str]:
     return out
 
 
+_digest: LogDigest | None = None  # the one quiet_logging() installed
+
+
 def quiet_logging() -> LogDigest:
     """Quiet the libraries; route warnings and errors through a LogDigest (returned)."""
-    digest = LogDigest()
+    global _digest
+    digest = _digest = LogDigest()
     root = logging.getLogger()
     root.handlers[:] = [digest]
     root.setLevel(logging.WARNING)

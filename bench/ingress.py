@@ -16,7 +16,8 @@ published to the clerk's workbench by the outbox. Per message end-to-end latency
                                       [--db sqlite|postgres] [--json] [--profile FILE]
 
 The aim (from the issue): end-to-end msgs/s ≥ 25 % of the bare handler's msgs/s. Missing the aim
-is reported, not an error; the exit code is non-zero only when something failed.
+is reported, not an error; the exit code is non-zero only when something failed. The run's
+deadlocks and retries are printed too (common.RunHealth).
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ from common import (  # noqa: E402
     Database,
     HubCounter,
     Profile,
+    RunHealth,
     Stats,
     drive,
     e2e_stats,
+    health_line,
     machine,
     make_world,
     outbox_idle,
@@ -175,7 +178,9 @@ def table(result: dict) -> str:
 async def main_async(args) -> dict:
     base = await run_baseline_webchat(args)
     async with Database(args.db) as url:
+        health = await RunHealth(url).start()
         gw = await run_gateway(args, url)
+        run_health = await health.finish()
     ack_ratio = gw["ack"].rate / base.rate
     e2e_ratio = gw["e2e"].rate / base.rate
     return {
@@ -195,6 +200,7 @@ async def main_async(args) -> dict:
         "relayed_when_last_post_acked": gw["relayed_at_last_ack"],
         "aim": AIM,
         "aim_met": e2e_ratio >= AIM,
+        "health": run_health,
     }
 
 
@@ -240,6 +246,7 @@ def main(argv=None) -> int:
     verdict = "MET" if result["aim_met"] else "NOT MET"
     print(f"aim (end to end ≥ {AIM:.0%} of the bare handler): {verdict} — "
           f"{result['e2e_ratio'] * 100:.1f} % (ack {result['ack_ratio'] * 100:.1f} %)")
+    print(health_line(result["health"]))
     for line in digest.lines():
         print(line)
     print(f"wall time {result['wall_s']} s")

@@ -1,26 +1,39 @@
-"""Benchmark: one `gateway serve` process vs two on the same PostgreSQL database (issue 10).
+"""Benchmark: more processes on one PostgreSQL database — two `gateway serve` instances, or one
+`gateway serve --workers 2` — against one `gateway serve --workers 1` (issue 17, aim 5).
 
-For each configuration (1 instance, then 2) a fresh PostgreSQL database is migrated, and real
-`gateway serve` subprocesses are started on their own ports with the same config (workbench +
-webchat, `server.fanout: auto`, everything else default, access log on as in production, logs to
-files). One store, C clerks, K webchat customers bound round robin through the invites. Each
-clerk has their workbench WebSocket open on instance 1 only: a relay sent by instance 2's outbox
-reaches it over PostgreSQL LISTEN/NOTIFY (gateway/hub.py PgHub). The load generator (this
-process) spreads the messages round robin over the instances (a customer's messages alternate
-between them: no sticky sessions) and counts the relays `【name #n】m<seq> …` received on those
-sockets; a message's end-to-end latency runs from its POST to its relay's arrival.
+Three configurations, each on a fresh PostgreSQL database, with real `gateway serve` subprocesses
+and the same config (workbench + webchat, `server.fanout: auto`, everything else default, access
+log on as in production, logs to files):
 
-    .venv/bin/python bench/instances.py [--messages N] [--concurrency C] [--customers K] [--clerks C]
+  * one        — one process, `--workers 1` (the baseline of both comparisons);
+  * instances  — two processes, each `--workers 1`, on their own ports;
+  * workers    — one process `--workers 2`: a supervisor and two workers on one port
+                 (SO_REUSEPORT: the kernel spreads the connections over them).
+
+One store, C clerks, K webchat customers bound round robin through the invites. Each clerk has
+their workbench WebSocket open on the first process (with workers: on whichever worker the kernel
+gives the connection to): a relay sent by another process reaches it over PostgreSQL
+LISTEN/NOTIFY (gateway/hub.py PgHub). The load generator (this process) spreads the messages
+round robin over the instances' ports (a customer's messages alternate between them: no sticky
+sessions), or opens its many connections to the workers' one port; it counts the relays
+`【name #n】m<seq> …` received on the sockets; a message's end-to-end latency runs from its POST to
+its relay's arrival.
+
+    .venv/bin/python bench/instances.py [--compare instances|workers|both] [--clerks C [C …]]
+                                        [--messages N] [--concurrency C] [--customers K]
                                         [--rate R --seconds S] [--json] [--profile PREFIX]
 
-Closed loop by default (msgs/s and p99 for 1 vs 2 instances, and the ratio); `--rate R --seconds S`
-drives both configurations with the open-loop fixed-rate generator instead. At the end of each
-run the database is checked: every message stored once, relayed once (one outbound message and
-one sent outbox row per message), and every relay received exactly once on the sockets.
-`--profile PREFIX` runs each instance under cProfile (PREFIX.<n>x.<i>.prof, written at SIGTERM).
+Closed loop by default (msgs/s and p99 of each configuration, and its ratio to one process);
+`--rate R --seconds S` drives every configuration with the open-loop fixed-rate generator instead.
+`--clerks 5 50` runs the comparison for each clerk count (aims: ≥ 1.5× with 5 clerks, ≥ 1.8× with
+50). At the end of each run the database is checked: every message stored once, relayed once (one
+outbound message and one sent outbox row per message), and every relay received exactly once on
+the sockets; the run's deadlocks and retries are counted (common.RunHealth).
+`--profile PREFIX` runs each single-worker process under cProfile (PREFIX.<config>.<i>.prof,
+written at SIGTERM); the workers of `--workers 2` are not profiled.
 
 The exit code is non-zero only when something failed (a refused request, a relay missing or
-doubled, a process that died); a missed aim is reported, not an error.
+doubled, a process or worker that died); a missed aim is reported, not an error.
 """
 
 from __future__ import annotations
@@ -31,12 +44,11 @@ import json
 import os
 import re
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,29 +56,32 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp  # noqa: E402
-import yaml  # noqa: E402
 from common import (  # noqa: E402
-    BENCH_POLICIES,
-    ROOT,
     TEXT,
     WARMUP,
     BenchError,
     Database,
+    Instance,
+    RunHealth,
     client,
     drive,
     e2e_stats,
     fmt_table,
-    free_port,
+    health_cell,
+    health_line,
     log_lines,
     machine,
+    machine_busy,
     machine_line,
     make_clerks,
     ms,
     open_loop,
     open_loop_summary,
     quiet_logging,
+    scan_logs,
     top_functions,
     wait_arrivals,
+    write_serve_config,
 )
 from sqlalchemy import func, select  # noqa: E402
 
@@ -75,96 +90,28 @@ from gateway.db import make_engine, session_factory  # noqa: E402
 from gateway.models import ChatMessage, InboundClaim, Outbox  # noqa: E402
 
 TO_CLERK = re.compile(r"^【[^】]*】([mw])(\d+) ")
-READY_TIMEOUT = 60.0
+AIMS = {5: 1.5, 50: 1.8}  # issue 17, aim 5: two processes vs one, by clerk count
 
 
-# -- processes ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setup:
+    key: str
+    label: str
+    processes: int  # `gateway serve` processes, each on its own port
+    workers: int  # `--workers` of each
 
 
-class Instance:
-    """One `gateway serve` subprocess; stdout/stderr go to a log file."""
-
-    def __init__(self, index: int, workdir: Path, profile: str | None):
-        self.index, self.port = index, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"instance-{index}.log"
-        self.profile = profile
-        self.proc: asyncio.subprocess.Process | None = None
-        self._log = None
-
-    async def start(self, config: Path) -> None:
-        cmd = [sys.executable]
-        if self.profile:
-            cmd += ["-m", "cProfile", "-o", self.profile]
-        cmd += ["-m", "gateway", "serve", "--config", str(config), "--port", str(self.port)]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115, ASYNC230 - closed in stop()
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=self._log,
-                                                         stderr=subprocess.STDOUT, env=env)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def cpu_seconds(self) -> float:
-        """user + system CPU time of the process so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.returncode is not None:
-                raise BenchError(f"instance {self.index} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                async with http.get(f"{self.url}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        raise BenchError(f"instance {self.index} not ready within {READY_TIMEOUT:.0f} s:\n{self.log_tail()}")
-
-    def check_alive(self) -> None:
-        if self.proc.returncode is not None:
-            raise BenchError(f"instance {self.index} died with {self.proc.returncode}:\n{self.log_tail()}")
-
-    async def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (the graceful shutdown), then SIGKILL after `timeout`. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-        return self.proc.returncode
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU jiffies of the whole machine so far (Linux /proc/stat)."""
-    try:
-        nums = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = nums[3] + (nums[4] if len(nums) > 4 else 0)
-        return float(sum(nums) - idle), float(sum(nums))
-    except (OSError, ValueError, IndexError):
-        return float("nan"), float("nan")
+ONE = Setup("one", "1 process", 1, 1)
+SETUPS = {"instances": Setup("instances", "2 instances", 2, 1),
+          "workers": Setup("workers", "1 process × 2 workers", 1, 2)}
 
 
 # -- the clerks' workbench pages -------------------------------------------------------------------------
 
 
 class Sockets:
-    """The clerks' workbench WebSockets, all on instance 1; stamps each relay as it arrives."""
+    """The clerks' workbench WebSockets, all on the first process (with workers: on whichever the
+    kernel gives each connection to); stamps each relay as it arrives."""
 
     def __init__(self):
         self.arrived: dict[str, dict[int, float]] = {"m": {}, "w": {}}
@@ -224,48 +171,18 @@ class Sockets:
 # -- one configuration -------------------------------------------------------------------------------------
 
 
-def scan_logs(paths: list[Path]) -> dict:
-    """Warnings and errors in the instances' JSON logs, counted like common.LogDigest does."""
-    counts: dict[tuple[str, str, str], int] = {}
-    deadlocks = 0
-    for path in paths:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if '"level"' not in line:
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("level") not in ("warning", "error", "critical"):
-                continue
-            key = (rec.get("logger", ""), rec["level"].upper(), re.sub(r"\d+", "N", str(rec.get("event", "")))[:120])
-            counts[key] = counts.get(key, 0) + 1
-            deadlocks += "deadlock detected" in line
-    return {"deadlocks": deadlocks,
-            "records": [{"logger": n, "level": lv, "message": m, "count": c}
-                        for (n, lv, m), c in sorted(counts.items(), key=lambda kv: -kv[1])]}
-
-
 def profile_tops(paths: list[str | None]) -> dict[str, str]:
     return {p: top_functions(p) for p in paths if p and os.path.exists(p)}
 
 
-def write_config(path: Path, url: str, secret: str) -> None:
-    path.write_text(yaml.safe_dump({
-        "database": {"url": url},
-        "server": {"host": "127.0.0.1", "first_run_seed": False, "log_format": "json", "workers": 1},
-        "policies": BENCH_POLICIES,
-        "accounts": [{"name": "workbench", "platform": "workbench"},
-                     {"name": "webchat", "platform": "webchat", "secret": secret}],
-    }, allow_unicode=True))
+def write_config(path: Path, url: str, secret: str, workers: int = 1) -> None:
+    write_serve_config(path, url, [{"name": "workbench", "platform": "workbench"},
+                                   {"name": "webchat", "platform": "webchat", "secret": secret}], workers)
 
 
 async def check_database(url: str, n: int) -> dict:
-    """Every measured message stored once and relayed once, counted in the database."""
+    """Every measured message stored once and relayed once, counted in the database; and how the
+    relays' sends were shared among the processes (outbox.claimed_by names the process)."""
     engine = make_engine(url)
     try:
         async with session_factory(engine)() as s:
@@ -277,36 +194,41 @@ async def check_database(url: str, n: int) -> dict:
                                              m.text.like("【%】m%")))).one()
             sent = (await s.execute(select(func.count()).select_from(Outbox)
                                     .where(Outbox.kind == "relay", Outbox.status == "sent"))).scalar()
+            pid = func.split_part(Outbox.claimed_by, ":", 2)  # claimed_by: host:pid:lane
+            senders = (await s.execute(select(pid, func.count()).where(Outbox.kind == "relay", Outbox.status == "sent")
+                                       .group_by(pid))).all()
             claims = (await s.execute(select(InboundClaim.status, func.count()).group_by(InboundClaim.status))).all()
     finally:
         await engine.dispose()
     return {"inbound_rows": inbound[0], "inbound_distinct": inbound[1], "relay_rows": relays[0],
             "relay_distinct": relays[1], "relays_sent_in_outbox": sent, "claims": dict(claims),
+            "relays_sent_by_process": sorted((c for _, c in senders), reverse=True),
             "exactly_once": inbound[0] == inbound[1] == n and relays[0] == relays[1] == n and sent == n + WARMUP}
 
 
-async def run_config(n_inst: int, args, workdir: Path) -> dict:
+async def run_config(setup: Setup, clerk_count: int, args, workdir: Path) -> dict:
     secret = secrets.token_hex(16)
     instances: list[Instance] = []
     sockets = Sockets()
     n = int(args.rate * args.seconds) if args.rate else args.messages
     async with Database("postgres") as url:
-        cfg = workdir / f"gateway-{n_inst}x.yaml"
-        write_config(cfg, url, secret)
+        health = await RunHealth(url).start()
+        cfg = workdir / f"gateway-{setup.key}-{clerk_count}.yaml"
+        write_config(cfg, url, secret, setup.workers)
         try:
             engine = make_engine(url)
             try:
-                clerks = await make_clerks(SimpleNamespace(engine=engine), args.clerks)
+                clerks = await make_clerks(SimpleNamespace(engine=engine), clerk_count)
             finally:
                 await engine.dispose()
-            for i in range(n_inst):
-                prof = f"{args.profile}.{n_inst}x.{i + 1}.prof" if args.profile else None
-                instances.append(Instance(i + 1, workdir, prof))
+            for i in range(setup.processes):
+                prof = f"{args.profile}.{setup.key}-{clerk_count}.{i + 1}.prof" if args.profile else None
+                instances.append(Instance(i + 1, workdir, prof, setup.workers))
                 await instances[-1].start(cfg)
-            async with aiohttp.ClientSession() as setup:
+            async with aiohttp.ClientSession() as http:
                 for inst in instances:
-                    await inst.ready(setup)
-                brand = BrandApp(setup, instances[0].url, "webchat", secret)
+                    await inst.ready(http)
+                brand = BrandApp(http, instances[0].url, "webchat", secret)
                 tokens = []
                 for i in range(args.customers):
                     c = await brand.login(f"bench-{i}", f"顾客{i:03d}")
@@ -317,7 +239,7 @@ async def run_config(n_inst: int, args, workdir: Path) -> dict:
             k = len(tokens)
 
             def request_for(seq: int, tag: str):
-                inst = instances[(seq + seq // k) % n_inst]  # alternate, and move each customer along
+                inst = instances[(seq + seq // k) % len(instances)]  # alternate, and move each customer along
                 body = {"text": f"{tag}{seq} {TEXT}", "client_msg_id": f"{tag}-{seq}-{uuid.uuid4().hex[:12]}"}
                 return f"{inst.url}/webchat/webchat/messages", {"Authorization": f"Bearer {tokens[seq % k]}"}, body
 
@@ -344,12 +266,15 @@ async def run_config(n_inst: int, args, workdir: Path) -> dict:
                     else:
                         complete = await sockets.wait("m", n, args.timeout)
                 except BenchError as e:
-                    raise BenchError(f"{n_inst} instance(s): {e}; the database shows "
+                    raise BenchError(f"{setup.label}: {e}; the database shows "
                                      f"{await check_database(url, n)}") from None
                 cpu1 = [inst.cpu_seconds() for inst in instances]
                 busy1, total1 = machine_busy()
-                for inst in instances:
+                for inst, a, b in zip(instances, cpu0, cpu1, strict=True):
                     inst.check_alive()
+                    if set(a) != set(b):  # the supervisor started a worker again: one died
+                        raise BenchError(f"{setup.label}: a worker of instance {inst.index} died during the run "
+                                         f"(pids {sorted(a)} → {sorted(b)}):\n{inst.log_tail()}")
             window = max(sockets.arrived["m"].values()) - load.started
             # the outboxes record sends in the background: give them a moment before counting
             deadline = time.monotonic() + 30
@@ -364,12 +289,17 @@ async def run_config(n_inst: int, args, workdir: Path) -> dict:
             await sockets.close()
             codes = [await inst.stop() for inst in instances]
             gateway_log = scan_logs([inst.log_path for inst in instances])
+        run_health = await health.finish(log=gateway_log)
     e2e = e2e_stats(load, sockets.arrived["m"], n)
     result = {
-        "instances": n_inst,
+        "config": setup.key,
+        "label": setup.label,
+        "processes": setup.processes,
+        "workers": setup.workers,
         "ack": load.stats().as_dict(),
         "e2e": e2e.as_dict(),
-        "cpu_s_per_instance": [round(b - a, 2) for a, b in zip(cpu0, cpu1, strict=True)],
+        # per serving process (each instance, or each worker)
+        "cpu_s_per_process": [round(b[pid] - a[pid], 2) for a, b in zip(cpu0, cpu1, strict=True) for pid in sorted(a)],
         "machine_busy": round((busy1 - busy0) / max(1.0, total1 - total0), 3),
         "window_s": round(window, 2),
         "ws_duplicates": sockets.duplicates,
@@ -378,12 +308,13 @@ async def run_config(n_inst: int, args, workdir: Path) -> dict:
         "all_relayed": complete,
         "exit_codes": codes,
         "gateway_log": gateway_log,
+        "health": run_health,
     }
     if args.rate:
         result["open_loop"] = open_loop_summary(load, sockets.arrived["m"], args.rate, n)
     if args.profile:
-        result["profiles"] = [inst.profile for inst in instances]
-        result["profile_top"] = profile_tops([inst.profile for inst in instances])
+        result["profiles"] = [inst.profile for inst in instances if inst.profile]
+        result["profile_top"] = profile_tops(result["profiles"])
     problems = []
     if sockets.duplicates:
         problems.append(f"{sockets.duplicates} relays arrived twice on the sockets")
@@ -392,82 +323,110 @@ async def run_config(n_inst: int, args, workdir: Path) -> dict:
     if not complete and (db["inbound_rows"] != db["inbound_distinct"] or db["relay_rows"] != db["relay_distinct"]):
         problems.append(f"database (cut off): duplicates: {db}")
     if problems:
-        raise BenchError(f"{n_inst} instance(s): " + "; ".join(problems))
+        raise BenchError(f"{setup.label}: " + "; ".join(problems))
     return result
+
+
+async def run_clerks(clerk_count: int, args, workdir: Path) -> dict:
+    """The baseline and the compared configurations for one clerk count; their ratios to it."""
+    runs = {ONE.key: await run_config(ONE, clerk_count, args, workdir)}
+    for key in compared(args):
+        runs[key] = await run_config(SETUPS[key], clerk_count, args, workdir)
+    base = runs[ONE.key]["e2e"]["msgs_per_s"]
+    scale = {key: round(runs[key]["e2e"]["msgs_per_s"] / base, 3) if base else None for key in compared(args)}
+    aim = AIMS.get(clerk_count)
+    return {"clerks": clerk_count, "runs": runs, "scale": scale, "aim": aim,
+            "aim_met": {key: (v is not None and v >= aim) if aim else None for key, v in scale.items()}}
+
+
+def compared(args) -> tuple[str, ...]:
+    return tuple(SETUPS) if args.compare == "both" else (args.compare,)
 
 
 # -- report ------------------------------------------------------------------------------------------------
 
 
-def table(result: dict) -> str:
+def table(one_set: dict) -> str:
     rows = []
-    one = result["runs"]["1"]
-    for key in ("1", "2"):
-        r = result["runs"][key]
-        name = f"{key} instance{'s' if key != '1' else ''}"
-        ratio = r["e2e"]["msgs_per_s"] / one["e2e"]["msgs_per_s"]
-        rows.append([name, f"{r['ack']['msgs_per_s']:.1f}", ms(r["ack"]["p50_ms"]), ms(r["ack"]["p99_ms"]),
+    base = one_set["runs"][ONE.key]["e2e"]["msgs_per_s"]
+    for r in one_set["runs"].values():
+        ratio = r["e2e"]["msgs_per_s"] / base if base else float("nan")
+        rows.append([r["label"], f"{r['ack']['msgs_per_s']:.1f}", ms(r["ack"]["p50_ms"]), ms(r["ack"]["p99_ms"]),
                      f"{r['e2e']['msgs_per_s']:.1f}", ms(r["e2e"]["p50_ms"]), ms(r["e2e"]["p99_ms"]),
                      ms(r["e2e"]["max_ms"]), f"{ratio:.2f}×",
-                     " + ".join(f"{c:.0f}" for c in r["cpu_s_per_instance"]), f"{r['machine_busy'] * 100:.0f} %"])
+                     " + ".join(f"{c:.0f}" for c in r["cpu_s_per_process"]), f"{r['machine_busy'] * 100:.0f} %",
+                     health_cell(r["health"])])
     return fmt_table(["", "ack/s", "ack p50", "ack p99", "e2e msgs/s", "e2e p50", "e2e p99", "e2e max", "vs 1",
-                      "CPU s (instances)", "machine busy"], rows)
+                      "CPU s (processes)", "machine busy", "deadlocks / retries"], rows)
 
 
 def report(result: dict, args) -> str:
     mode = (f"fixed rate {args.rate:g} msgs/s for {args.seconds:g} s (open loop)" if args.rate
             else f"{args.messages} messages, concurrency {args.concurrency}")
-    lines = [f"Advisor Gateway instances benchmark — {mode}, {args.customers} customers of {args.clerks} clerk{'s' if args.clerks != 1 else ''}, "
-             f"PostgreSQL; webchat → workbench, the clerks' sockets on instance 1",
-             machine_line(result["machine"]), "", table(result), ""]
-    for key in ("1", "2"):
-        r = result["runs"][key]
-        db = r["database"]
-        once = ("yes" if db["exactly_once"] else "NO") if r["all_relayed"] else "not checked (cut off)"
-        lines.append(f"{key}×: database — {db['inbound_rows']} messages stored ({db['inbound_distinct']} distinct), "
-                     f"{db['relay_rows']} relays ({db['relay_distinct']} distinct), {db['relays_sent_in_outbox']} relay "
-                     f"rows sent incl. {WARMUP} warm-up; sockets: {r['e2e']['n']} relays received, "
-                     f"{r['ws_duplicates']} doubled; exactly once: {once}")
-        if "open_loop" in r:
-            ol = r["open_loop"]
-            drained = (f"drained {ol['drain_after_window_s']:g} s later" if r["all_relayed"] else
-                       f"cut off {args.drain:g} s later with {ol['not_relayed_at_cutoff']} not relayed (counted as "
-                       f"infinitely late)")
-            lines.append(f"    offered {ol['offered_per_s']:g}/s: acked {ol['acked_per_s']:g}/s, relayed "
-                         f"{ol['relayed_per_s']:g}/s; backlog when the last was due: {ol['unacked_at_window_end']} "
-                         f"unacked, {ol['unrelayed_at_window_end']} unrelayed; {drained}; "
-                         f"kept up: {'yes' if ol['kept_up'] else 'NO'}")
-        lines += ["    " + x for x in log_lines(r["gateway_log"])]
-        for path, top in (r.get("profile_top") or {}).items():
-            lines.append(f"\nprofile {path} — top functions:\n{top}\n")
-    lines.append(f"two instances vs one (end to end msgs/s): {result['scale']:.2f}× — "
-                 f"{'more' if result['scale'] > 1.05 else 'NOT more'} than one instance")
+    lines = [f"Advisor Gateway instances benchmark — {mode}, {args.customers} customers, PostgreSQL; "
+             f"webchat → workbench, the clerks' sockets on the first process",
+             machine_line(result["machine"])]
+    for one_set in result["sets"]:
+        c = one_set["clerks"]
+        lines += ["", f"{c} clerk{'s' if c != 1 else ''}:", table(one_set), ""]
+        for r in one_set["runs"].values():
+            db = r["database"]
+            once = ("yes" if db["exactly_once"] else "NO") if r["all_relayed"] else "not checked (cut off)"
+            lines.append(f"{r['label']}: database — {db['inbound_rows']} messages stored ({db['inbound_distinct']} "
+                         f"distinct), {db['relay_rows']} relays ({db['relay_distinct']} distinct), "
+                         f"{db['relays_sent_in_outbox']} relay rows sent incl. {WARMUP} warm-up (by process: "
+                         f"{' + '.join(map(str, db['relays_sent_by_process']))}); sockets: {r['e2e']['n']} relays "
+                         f"received, {r['ws_duplicates']} doubled; exactly once: {once}")
+            lines.append(f"    {health_line(r['health'])}")
+            if "open_loop" in r:
+                ol = r["open_loop"]
+                drained = (f"drained {ol['drain_after_window_s']:g} s later" if r["all_relayed"] else
+                           f"cut off {args.drain:g} s later with {ol['not_relayed_at_cutoff']} not relayed (counted "
+                           f"as infinitely late)")
+                lines.append(f"    offered {ol['offered_per_s']:g}/s: acked {ol['acked_per_s']:g}/s, relayed "
+                             f"{ol['relayed_per_s']:g}/s; backlog when the last was due: {ol['unacked_at_window_end']} "
+                             f"unacked, {ol['unrelayed_at_window_end']} unrelayed; {drained}; "
+                             f"kept up: {'yes' if ol['kept_up'] else 'NO'}")
+            lines += ["    " + x for x in log_lines(r["gateway_log"])]
+            for path, top in (r.get("profile_top") or {}).items():
+                lines.append(f"\nprofile {path} — top functions:\n{top}\n")
+        for key, v in one_set["scale"].items():
+            aim = one_set["aim"]
+            verdict = (f"aim ≥ {aim:g}×: {'MET' if one_set['aim_met'][key] else 'NOT MET'}" if aim
+                       else "no aim for this clerk count")
+            lines.append(f"{SETUPS[key].label} vs 1 process (end to end msgs/s), {c} clerks: "
+                         f"{v:.2f}× — {verdict}" if v is not None else f"{SETUPS[key].label}: no baseline")
     lines.append(f"wall time {result['wall_s']} s")
     return "\n".join(lines)
 
 
 async def main_async(args) -> dict:
-    runs = {}
     host = await machine()  # the commit as the run starts
+    sets = []
     with tempfile.TemporaryDirectory(prefix="gw-instances-") as tmp:
-        for n_inst in (1, 2):
-            runs[str(n_inst)] = await run_config(n_inst, args, Path(tmp))
+        for clerk_count in args.clerks:
+            sets.append(await run_clerks(clerk_count, args, Path(tmp)))
     return {
         "mode": "fixed rate" if args.rate else "closed loop",
+        "compare": args.compare,
         "messages": int(args.rate * args.seconds) if args.rate else args.messages,
         "concurrency": args.concurrency, "customers": args.customers, "clerks": args.clerks,
         "rate": args.rate, "seconds": args.seconds if args.rate else None,
-        "machine": host, "runs": runs,
-        "scale": round(runs["2"]["e2e"]["msgs_per_s"] / runs["1"]["e2e"]["msgs_per_s"], 3),
+        "machine": host, "sets": sets,
     }
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--compare", choices=("instances", "workers", "both"), default="both",
+                   help="what to compare with one `gateway serve --workers 1`: two such instances, one "
+                        "`--workers 2`, or both (default)")
+    p.add_argument("--clerks", type=int, nargs="+", default=[5],
+                   help="clerks, each with a socket on the first process; several counts run one after the "
+                        "other (default 5; the aims are for 5 and 50)")
     p.add_argument("--messages", type=int, default=1000, help="messages per measured run (default 1000)")
     p.add_argument("--concurrency", type=int, default=50, help="concurrent client workers (default 50)")
     p.add_argument("--customers", type=int, default=50, help="bound customers (default 50)")
-    p.add_argument("--clerks", type=int, default=5, help="clerks, each with a socket on instance 1 (default 5)")
     p.add_argument("--rate", type=float, help="fixed-rate (open-loop) mode: messages per second")
     p.add_argument("--seconds", type=float, default=10.0, help="with --rate: how long (default 10)")
     p.add_argument("--connections", type=int, default=500, help="with --rate: the client's connection limit")
@@ -475,10 +434,13 @@ def parse_args(argv=None):
                    help="with --rate: seconds after the last request was due until missing relays are cut off")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every relay, and for each answer (default 300)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--profile", metavar="PREFIX", help="run each instance under cProfile: PREFIX.<n>x.<i>.prof")
+    p.add_argument("--profile", metavar="PREFIX",
+                   help="run each single-worker process under cProfile: PREFIX.<config>-<clerks>.<i>.prof")
     args = p.parse_args(argv)
-    if min(args.messages, args.concurrency, args.customers, args.clerks) < 1 or args.clerks > args.customers:
+    if min(args.messages, args.concurrency, args.customers, *args.clerks) < 1 or max(args.clerks) > args.customers:
         p.error("--messages, --concurrency, --customers, --clerks must be positive, clerks ≤ customers")
+    if args.rate is not None and (args.rate <= 0 or args.seconds <= 0):
+        p.error("--rate and --seconds must be positive")
     return args
 
 
