@@ -20,6 +20,7 @@ class Batcher:
         self._max = max_batch
         self._name = name
         self._items: list[tuple[Any, asyncio.Future]] = []
+        self._writing: list[tuple[Any, asyncio.Future]] = []  # the batch being written now
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.batches = 0  # for benchmarks: items / batches is the mean batch size
@@ -39,6 +40,7 @@ class Batcher:
             self._wake.clear()
             while self._items:
                 batch, self._items = self._items[: self._max], self._items[self._max :]
+                self._writing = batch
                 try:
                     results = await self._write([item for item, _ in batch])
                 except Exception as e:  # noqa: BLE001 - every caller of this batch sees the failure
@@ -46,6 +48,8 @@ class Batcher:
                         if not fut.done():
                             fut.set_exception(e)
                     continue
+                finally:
+                    self._writing = []
                 self.batches += 1
                 self.items += len(batch)
                 for (_, fut), result in zip(batch, results, strict=True):
@@ -53,9 +57,11 @@ class Batcher:
                         fut.set_result(result)
 
     async def close(self) -> None:
-        """Finish what was submitted, then stop."""
-        if self._items and self._task and not self._task.done():
-            await asyncio.gather(*(fut for _, fut in list(self._items)), return_exceptions=True)
+        """Finish what was submitted — the batch being written too (cancelling it mid-write lost
+        the outbox's "sent" records, so those sends went out again) — then stop."""
+        pending = [fut for _, fut in [*self._writing, *self._items]]
+        if pending and self._task and not self._task.done():
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

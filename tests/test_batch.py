@@ -60,3 +60,22 @@ async def test_cancelling_the_first_caller_cancels_its_group():
     lead.cancel()
     with pytest.raises(asyncio.CancelledError):
         await follower
+
+
+async def test_closing_a_batcher_finishes_the_batch_being_written():
+    """close() used to wait only for queued items: a batch already being written was cancelled
+    mid-write (the outbox's "sent" records were lost, and those sends went out again)."""
+    from gateway.batch import Batcher
+
+    written: list[list[int]] = []
+
+    async def slow_write(items):
+        await asyncio.sleep(0.2)
+        written.append(items)
+        return [i * 10 for i in items]
+
+    b = Batcher(slow_write)
+    pending = asyncio.ensure_future(b.submit(1))
+    await asyncio.sleep(0.05)  # the write of [1] is under way, nothing else is queued
+    await b.close()
+    assert written == [[1]] and pending.done() and pending.result() == 10
