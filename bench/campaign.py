@@ -33,8 +33,9 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "bench"):  # run as a script, or imported as bench.campaign (chaos)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import asyncpg  # noqa: E402
 from common import RunHealth, health_line, quiet_logging  # noqa: E402

@@ -60,6 +60,16 @@ async def _focus(ctx: Ctx, clerk_id: int) -> Focus | None:
     return (await latest_focus(ctx.session, [clerk_id])).get(clerk_id)
 
 
+async def _shown_at(ctx: Ctx, f: Focus):
+    if not f.relay_key:
+        return None
+    if ctx.staged:
+        return ctx.look.shown.get(f.relay_key)
+    from gateway.focus import shown_at
+
+    return (await shown_at(ctx.session, [f.relay_key])).get(f.relay_key)
+
+
 async def _set_focus(ctx: Ctx, f: Focus) -> None:
     if ctx.staged:
         ctx.look.set_focus(f)
@@ -90,11 +100,12 @@ async def customer_to_clerk(ctx: Ctx):
         return await _held_back(ctx, target, gate == SlidingCounter.FIRST_REFUSED)
     n = await _handle(ctx, clerk.id, c.id)
     target, message = labels.relayed(target, advisors.customer_name(c, ctx.identity), n, c.id, ctx.event.message)
-    await ctx.send(target, message, suffix="relay", kind="relay")
+    key = ctx.idem("relay")
+    await ctx.send(target, message, idem_key=key, kind="relay")
     current = await _focus(ctx, clerk.id)
     if current is None or current.customer_id != c.id:
         await _set_focus(ctx, Focus(clerk.id, c.id, current.customer_id if current else None, SHOWN, now,
-                                    _carried(current, now)))
+                                    _carried(current, now), relay_key=key))
     await service.waiting(ctx, c, clerk, ctx.binding.store_id)
     await service.offhours_reply(ctx, ctx.binding.store_id)
     return None
@@ -143,7 +154,7 @@ async def clerk_to_customer(ctx: Ctx):
             await ctx.reply("请用 #编号 指定顾客，例如 “#1 您好”。发送 /customers 查看列表。 Address a customer as #n.")
             return None
         guard = timedelta(seconds=ctx.gw.config.policies.reply_guard_seconds)
-        if current.ambiguous(now, guard) or current.pending_ask(now):
+        if current.ambiguous(now, guard, await _shown_at(ctx, current)) or current.pending_ask(now):
             return await _ask(ctx, current, segs)
         customer_id, chosen = current.customer_id, False
     else:

@@ -35,12 +35,16 @@ class Focus:
     kind: str
     at: datetime
     held: dict[str, Any] | None = None
+    relay_key: str | None = None  # shown: the relay's outbox key, to tell when the clerk saw it
 
-    def ambiguous(self, when: datetime, guard: timedelta) -> bool:
-        """A relay switched the clerk to another customer moments before `when`, and the clerk has
-        not acted since: bare text may have been meant for the previous customer."""
-        return (self.kind == SHOWN and self.previous_customer_id is not None
-                and self.previous_customer_id != self.customer_id and when - self.at < guard)
+    def ambiguous(self, when: datetime, guard: timedelta, shown_at: datetime | None) -> bool:
+        """A relay switched the clerk to another customer moments before `when` — or has not even
+        reached the clerk yet (`shown_at` None: still queued, retried after a platform's refusal) —
+        and the clerk has not chosen since: bare text may have been meant for the previous one."""
+        if self.kind != SHOWN or self.previous_customer_id in (None, self.customer_id):
+            return False
+        seen = shown_at if self.relay_key else self.at
+        return seen is None or when - seen < guard
 
     def pending_ask(self, when: datetime) -> bool:
         """The clerk was asked "发给谁？" and has not answered: their held messages wait for "#n"."""
@@ -49,7 +53,7 @@ class Focus:
 
 def row(f: Focus) -> dict[str, Any]:
     return {"clerk_id": f.clerk_id, "customer_id": f.customer_id, "previous_customer_id": f.previous_customer_id,
-            "kind": f.kind, "at": f.at, "held": f.held}
+            "kind": f.kind, "at": f.at, "held": f.held, "relay_key": f.relay_key}
 
 
 async def latest_focus(session, clerk_ids) -> dict[int, Focus]:
@@ -62,10 +66,26 @@ async def latest_focus(session, clerk_ids) -> dict[int, Focus]:
     newest = [select(f.c.id).where(f.c.clerk_id == cid).order_by(f.c.id.desc()).limit(1).scalar_subquery()
               for cid in ids]
     rows = (await session.execute(
-        select(f.c.clerk_id, f.c.customer_id, f.c.previous_customer_id, f.c.kind, f.c.at, f.c.held)
+        select(f.c.clerk_id, f.c.customer_id, f.c.previous_customer_id, f.c.kind, f.c.at, f.c.held, f.c.relay_key)
         .where(f.c.id.in_(newest))
     )).all()
     return {r.clerk_id: Focus(*r) for r in rows}
+
+
+async def shown_at(session, relay_keys) -> dict[str, datetime | None]:
+    """When each relay reached its clerk (None: not yet, or never)."""
+    from gateway.models import ChatMessage, Outbox
+
+    keys = sorted({k for k in relay_keys if k})
+    if not keys:
+        return {}
+    o, m = Outbox.__table__, ChatMessage.__table__
+    rows = (await session.execute(
+        select(o.c.idem_key, o.c.status, m.c.sent_at).select_from(o.outerjoin(m, m.c.id == o.c.message_id))
+        .where(o.c.idem_key.in_(keys))
+    )).all()
+    sent = {k: at if status == "sent" else None for k, status, at in rows}
+    return {k: sent.get(k) for k in keys}
 
 
 async def current(session, clerk_id: int) -> int | None:

@@ -18,7 +18,7 @@ from sqlalchemy import select, tuple_
 
 from gateway.addressing import address_of
 from gateway.caches import Caches
-from gateway.focus import Focus, latest_focus
+from gateway.focus import Focus, latest_focus, shown_at
 from gateway.model import Event, Identity
 from gateway.models import Binding, Clerk, Conversation, Customer, Handle
 from gateway.models import Identity as IdentityRow
@@ -113,6 +113,7 @@ class Lookups:
     work_ids: dict[int, list[Identity]] = field(default_factory=dict)  # clerk → work-IM ids
     hours: dict[int, dict | None] = field(default_factory=dict)  # store → opening hours
     waits: dict[int, WaitView | None] = field(default_factory=dict)  # customer → open wait
+    shown: dict[str, datetime | None] = field(default_factory=dict)  # relay key → when its clerk got it
     stale: bool = False  # a handler used the session: load again before the next event
 
     # -- what handlers change during the batch (staged alongside the writes) -----------------
@@ -161,7 +162,7 @@ class Lookups:
         # Customers the clerks' messages will reach: by #n, by quote, or their focus (and the one
         # before it, for the question when bare text is ambiguous).
         pairs = {(b.clerk_id, b.customer_id) for b in lk.bindings.values() if b is not None}
-        numbers, wanted = set(), set()
+        numbers, wanted, relay_keys = set(), set(), set()
         for e in clerk_side:
             clerk_id, addr = lk.clerk_of.get(e.sender), address_of(e)
             if clerk_id is None or addr is None:
@@ -169,12 +170,16 @@ class Lookups:
             if addr.handle is not None:
                 numbers.add((clerk_id, addr.handle))
             f = lk.focus.get(clerk_id)
+            if f is not None and addr.handle is None and f.relay_key:
+                relay_keys.add(f.relay_key)
             if f is not None:
                 wanted |= {c for c in (f.customer_id, f.previous_customer_id) if c is not None}
                 if f.held and f.held.get("candidates"):
                     wanted |= set(f.held["candidates"])
                 pairs |= {(clerk_id, c) for c in wanted}
         await lk._load_handles(session, pairs, numbers)
+        if relay_keys:  # bare text: did the clerk see the relay that made their current customer?
+            lk.shown = await shown_at(session, relay_keys)
         wanted |= {c for (k, n), c in lk.by_handle.items()}
         await lk._load_customers(session, wanted - lk.channels.keys())
         waiting = set(lk.customers)

@@ -203,12 +203,15 @@ class Outbox(SQLModel, table=True):
     __table_args__ = (
         # Each account's send lane claims its own due rows in this order (gateway/outbox.py).
         sa.Index("ix_outbox_due", "status", "account", "priority", "next_attempt_at", "id"),
+        # A peer's earlier rows still unsent hold its later ones back, across processes too.
+        sa.Index("ix_outbox_peer", "account", "peer", "status", "id"),
         sa.Index("ix_outbox_customer_kind", "customer_id", "kind", "created_at"),  # per-customer push caps
     )
     id: int | None = Field(default=None, primary_key=True)
     idem_key: str = Field(max_length=255, unique=True)
     platform: str = Field(max_length=32)
     account: str = Field(max_length=64)
+    peer: str | None = Field(default=None, max_length=128)  # target.identity.external_id: per-peer order
     target: dict = Field(sa_type=JSON)
     message: dict = Field(sa_type=JSON)
     kind: str = Field(default="reply", max_length=16)  # reply | notice | welcome | brief | push | transfer
@@ -524,6 +527,7 @@ class ClerkFocus(SQLModel, table=True):
     kind: str = Field(max_length=8)  # shown | chosen | ask  (gateway/focus.py)
     at: datetime = _ts()
     held: dict | None = Field(default=None, sa_type=JSON)  # a question open: the clerk's held messages
+    relay_key: str | None = Field(default=None, max_length=255)  # shown: the relay's outbox key (when it was seen)
 
 
 class RateSlot(SQLModel, table=True):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 
 from gateway.adapter import Deferred, Permanent, Retryable
 from gateway.batch import Batcher
@@ -54,6 +54,11 @@ class Outgoing:
     kind: str = "reply"
     campaign_id: int | None = None
     held: tuple[str, str] | None = None  # (code, reason): stored, not sent
+
+
+def _order_key(row) -> tuple:
+    """Rows keep their order per peer and class (conversation, or bulk)."""
+    return row.account, row.peer, row.priority < BULK
 
 
 async def _insert_in_order(session, table, rows: list[dict]) -> list[int]:
@@ -93,6 +98,8 @@ class OutboxWorker:
         self._tasks: list[asyncio.Task] = []
         self._limiters: dict[str, TokenBucket | SharedPace] = {}
         self._peer_locks: dict[tuple[str, str], list] = {}  # (account, peer) -> [lock, users]
+        self._claimed: dict[int, tuple] = {}  # rows in this process's hands: id -> their order key
+        self._behind: set[int] = set()  # claimed rows that must wait: an earlier row of their peer went back
         self._sent = Batcher(self._record_sent, name="outbox-sent")
         # kind -> coroutine(session, row, error) run in the transaction that records a dead or held row
         self.on_failed: dict[str, Callable[..., Awaitable[None]]] = {}
@@ -153,7 +160,7 @@ class OutboxWorker:
              "sender_name": i.message.sender_name, "status": "held" if i.held else "queued", "created_at": now}
             for i in items])
         rows = [{"idem_key": i.idem_key, "platform": i.target.identity.platform, "account": i.target.identity.account,
-                 "target": i.target.to_dict(), "message": i.message.to_dict(), "kind": i.kind,
+                 "peer": i.target.identity.external_id, "target": i.target.to_dict(), "message": i.message.to_dict(), "kind": i.kind,
                  "priority": PRIORITY.get(i.kind, BULK), "status": "held" if i.held else "pending",
                  "error_code": i.held[0] if i.held else None, "last_error": i.held[1] if i.held else None,
                  "attempts": 0, "next_attempt_at": not_before or now, "customer_id": i.target.customer_id,
@@ -222,11 +229,27 @@ class OutboxWorker:
         now = self.gw.clock.now()
         if self._task_less():  # no reclaim loop (tests, shutdown): hand back expired leases here
             await self.reclaim()
+        o, e = Outbox.__table__, Outbox.__table__.alias("earlier")
+
+        def earlier(row, *states):
+            """An earlier row of `row`'s peer and class (conversation or bulk) in one of `states`."""
+            return (select(e.c.id).where(e.c.account == row.c.account, e.c.peer == row.c.peer, e.c.id < row.c.id,
+                                         (e.c.priority < BULK) == (row.c.priority < BULK), or_(*states)).exists())
+
+        # Per-peer order across processes: a row waits while an earlier row of its peer is unsent —
+        # in another process's hands, or waiting for a retry (not picked at all, so nothing is
+        # locked for nothing) — or was not picked with it (taken by a concurrent claim, or cut off
+        # by the limit). This worker's own rows in flight hold nothing back: its peer lock keeps
+        # them in order. Without this, two workers sent one clerk's relays at once, and the clerk
+        # saw them in another order than the gateway's focus.
+        busy = (and_(e.c.status == "sending", e.c.claimed_by != self.worker_id),
+                and_(e.c.status == "pending", e.c.next_attempt_at > now))
         pick = (
-            select(Outbox.id)
-            .where(Outbox.status == "pending", Outbox.next_attempt_at <= now,
-                   Outbox.account == account if account else Outbox.account.in_(list(self.gw.adapters)))
-            .order_by(Outbox.priority, Outbox.next_attempt_at, Outbox.id)
+            select(o.c.id, o.c.account, o.c.peer, o.c.priority)
+            .where(o.c.status == "pending", o.c.next_attempt_at <= now,
+                   o.c.account == account if account else o.c.account.in_(list(self.gw.adapters)),
+                   or_(o.c.peer.is_(None), ~earlier(o, *busy)))
+            .order_by(o.c.priority, o.c.next_attempt_at, o.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
             .cte("pick")
@@ -237,9 +260,11 @@ class OutboxWorker:
             # already took: one claim then took every due row, not `limit`, and rows waiting for the
             # rate limiter outlived their lease and were sent twice (found by `make chaos`).
             pick = pick.prefix_with("MATERIALIZED")
+        left_out = and_(e.c.status == "pending", e.c.id.not_in(select(pick.c.id)))
+        free = select(pick.c.id).where(or_(pick.c.peer.is_(None), ~earlier(pick, left_out, *busy)))
         stmt = (
             update(Outbox)
-            .where(Outbox.id.in_(select(pick.c.id)))
+            .where(Outbox.id.in_(free))
             .values(
                 status="sending",
                 attempts=Outbox.attempts + 1,
@@ -248,12 +273,13 @@ class OutboxWorker:
             )
             .returning(Outbox.id, Outbox.idem_key, Outbox.account, Outbox.target, Outbox.message,
                        Outbox.attempts, Outbox.message_id, Outbox.created_at, Outbox.kind,
-                       Outbox.customer_id, Outbox.clerk_id, Outbox.campaign_id)
+                       Outbox.customer_id, Outbox.clerk_id, Outbox.campaign_id, Outbox.peer, Outbox.priority)
             .execution_options(synchronize_session=False)
         )  # fmt: skip
         async with self.gw.db() as s:
             rows = (await s.execute(stmt)).all()
             await s.commit()
+        self._claimed.update((r.id, _order_key(r)) for r in rows)  # in this worker's hands until done
         # RETURNING comes in no particular order; sends start (and take their peer's lock) in
         # enqueue order, so a peer's messages go out in the order they were made.
         return sorted(rows, key=lambda r: r.id)
@@ -283,6 +309,9 @@ class OutboxWorker:
                 wait = (end - self.gw.clock.now()).total_seconds()
                 return await self._retry(row, f"quiet hours until {end:%H:%M}", wait, spend_attempt=False)
         async with self._peer_lock(row.account, target.identity.external_id):
+            if row.id in self._behind:  # an earlier row of this peer went back to wait: so does this one
+                self._behind.discard(row.id)
+                return await self._retry(row, "waiting for an earlier message to this peer", 1.0, spend_attempt=False)
             try:
                 await self.limiter(row.account).acquire()  # spend the platform's cap on the send itself
                 receipt = await adapter.send(target, message, idem_key=row.idem_key, kind=row.kind)
@@ -394,7 +423,14 @@ class OutboxWorker:
                 )
             )
             await s.commit()
+        self._hold_later(row)
         return "pending"
+
+    def _hold_later(self, row) -> None:
+        """`row` goes back to wait: rows of its peer this process claimed after it wait too, or they
+        would overtake it (the claim keeps later claims in order; these were claimed already)."""
+        key = _order_key(row)
+        self._behind.update(i for i, k in self._claimed.items() if k == key and i > row.id)
 
     async def _finish(self, row, status: str, *, error=None, code=None, fallback: bool = False) -> str:
         """Record a failure (dead or held); successes go through the group commit instead."""
@@ -438,6 +474,8 @@ class OutboxWorker:
         except Exception:  # the DB write failed: the lease will expire and the row is retried
             log.exception("outbox row %s: could not record the outcome", row.id)
         finally:
+            self._claimed.pop(row.id, None)
+            self._behind.discard(row.id)
             if lane is not None:
                 lane.wake.set()  # a slot is free
 

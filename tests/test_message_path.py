@@ -100,16 +100,36 @@ async def _customer(gw, user: str) -> int:
 async def test_bare_text_after_the_guard_goes_to_the_current_customer(db_url, backend):
     gw = Gateway(make_config(db_url, policies={"reply_guard_seconds": 0.3}))
     world = await make_world(gw)
+    await gw.start()
     try:
         await gw.ingress.process_batch(await claimed(gw, customer_event("u-a", "bind", invite=world.invite),
                                                      customer_event("u-b", "bind", invite=world.invite)))
         await gw.ingress.process_batch(await claimed(gw, customer_event("u-a", text="1"), customer_event("u-b", text="2")))
-        await asyncio.sleep(0.4)  # the clerk has had time to see 乙's message
+
+        async def relayed():  # the clerk's page got 乙's message
+            return await count(gw, Outbox, Outbox.kind == "relay", Outbox.status == "sent") == 2
+
+        await wait_until(relayed)
+        await asyncio.sleep(0.4)  # and has had time to see it
         await gw.ingress.process_batch(await claimed(gw, clerk_event(world.clerk_id, "您好乙")))
         sent = await rows(gw, ChatMessage, ChatMessage.direction == "out", ChatMessage.text == "您好乙")
         assert [m.peer_id for m in sent] == ["u-b"]
     finally:
-        await gw.engine.dispose()
+        await gw.stop()
+
+
+async def test_bare_text_is_held_while_the_relay_that_switched_customers_is_not_delivered(gw, world, backend):
+    """However long ago the switch was processed: until its relay reaches the clerk (it waits in the
+    outbox, e.g. behind a platform's refusal), the clerk cannot have seen it."""
+    gw.config.policies.reply_guard_seconds = 0.01
+    await gw.ingress.process_batch(await claimed(gw, customer_event("u-a", "bind", invite=world.invite),
+                                                 customer_event("u-b", "bind", invite=world.invite)))
+    await gw.ingress.process_batch(await claimed(gw, customer_event("u-a", text="1"), customer_event("u-b", text="2")))
+    await asyncio.sleep(0.05)  # the guard has passed, but nothing was sent (no outbox worker here)
+    await gw.ingress.process_batch(await claimed(gw, clerk_event(world.clerk_id, "您好")))
+    asked = (await rows(gw, ChatMessage, ChatMessage.side == "clerk", ChatMessage.direction == "out"))[-1]
+    assert asked.text.startswith("发给谁？")
+    assert await count(gw, ChatMessage, ChatMessage.side == "customer", ChatMessage.text == "您好") == 0
 
 
 async def test_a_quoted_relay_addresses_its_customer(gw, world, backend):

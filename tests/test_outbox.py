@@ -271,3 +271,69 @@ async def test_deferred_sends_wait_without_spending_attempts(gw, clock, monkeypa
     async with gw.db() as s:
         r = await s.get(Outbox, oid)
     assert r.status == "pending" and r.attempts == 0
+
+
+async def test_two_processes_send_a_peers_messages_in_order(gw, backend, monkeypatch):
+    """Two workers (as two processes would) sharing one account: every peer still gets its
+    messages in the order they were made, however the claims interleave."""
+    sent: list[tuple[str, str]] = []
+
+    async def send(target, message, *, idem_key, kind="reply"):
+        await asyncio.sleep(0.002 * (hash(idem_key) % 3))  # sends of different lengths
+        sent.append((target.identity.external_id, idem_key))
+        return Receipt(platform_msg_id=idem_key)
+
+    monkeypatch.setattr(gw.adapters["webchat"], "send", send)
+    peers = [await customer(gw, f"u-{p}") for p in range(3)]
+    async with gw.db() as s:
+        for i in range(30):  # interleaved: u-0, u-1, u-2, u-0, …
+            t = peers[i % 3]
+            await gw.outbox.enqueue(s, t, Message.of_text(f"m{i}"), idem_key=f"{t.identity.external_id}:{i:02d}")
+        await s.commit()
+    workers = [OutboxWorker(gw) for _ in range(2)]
+
+    async def drain(w):
+        while True:
+            got = await w.claim(4, "webchat")
+            if not got:
+                if not await _due(gw):
+                    return
+                await asyncio.sleep(0.01)
+                continue
+            await asyncio.gather(*(w.deliver(r) for r in got))
+
+    await asyncio.gather(*(drain(w) for w in workers))
+    for w in workers:
+        await w._sent.close()
+    assert len(sent) == 30
+    for p in range(3):
+        mine = [k for peer, k in sent if peer == f"u-{p}"]
+        assert mine == sorted(mine), f"u-{p} got {mine}"
+
+
+async def _due(gw) -> int:
+    from sqlalchemy import func
+
+    async with gw.db() as s:
+        return (await s.execute(select(func.count()).select_from(Outbox).where(Outbox.status.in_(("pending", "sending"))))).scalar()
+
+
+async def test_a_retried_message_holds_its_peers_later_ones_back(gw, clock, backend, monkeypatch):
+    """A send the platform refuses for now waits — and so does everything after it to that peer:
+    the customer never gets the second message before the first."""
+    rec = Recorder(fail=[Retryable("HTTP 503")])
+    monkeypatch.setattr(gw.adapters["webchat"], "send", rec)
+    target = await customer(gw)
+    await enqueue(gw, target, n=3)
+    w = OutboxWorker(gw)
+    first = await w.claim(10, "webchat")
+    assert [r.idem_key for r in first] == ["k-0", "k-1", "k-2"]
+    results = [await w.deliver(r) for r in first]
+    assert results == ["pending", "pending", "pending"] and rec.sent == []  # k-0 failed; k-1, k-2 wait behind it
+    assert await w.claim(10, "webchat") == []  # k-0 is not due yet, and the others may not overtake it
+    clock.advance(seconds=60)
+    again = await w.claim(10, "webchat")
+    for r in again:
+        assert await w.deliver(r) == "sent"
+    await w._sent.close()
+    assert rec.sent == ["k-0", "k-1", "k-2"]

@@ -26,6 +26,7 @@ def upgrade() -> None:
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
     sa.Column('at', gateway.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('held', sa.JSON(), nullable=True),
+    sa.Column('relay_key', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
     sa.ForeignKeyConstraint(['clerk_id'], ['clerk.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -50,12 +51,22 @@ def upgrade() -> None:
     op.create_index('ix_send_log_key', 'send_log', ['key', 'at'], unique=False)
 
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('peer', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True))
         batch_op.drop_index('ix_outbox_due')
         batch_op.create_index('ix_outbox_due', ['status', 'account', 'priority', 'next_attempt_at', 'id'], unique=False)
+        batch_op.create_index('ix_outbox_peer', ['account', 'peer', 'status', 'id'], unique=False)
+    # Rows still to send learn their peer (the rest never take part in the per-peer order).
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("UPDATE outbox SET peer = target->'identity'->>'external_id' WHERE status IN ('pending', 'sending')")
+    else:
+        op.execute("UPDATE outbox SET peer = json_extract(target, '$.identity.external_id') "
+                   "WHERE status IN ('pending', 'sending')")
 
 
 def downgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_peer')
+        batch_op.drop_column('peer')
         batch_op.drop_index('ix_outbox_due')
         batch_op.create_index('ix_outbox_due', ['status', 'priority', 'next_attempt_at', 'id'], unique=False)
     op.drop_index('ix_send_log_key', table_name='send_log')
