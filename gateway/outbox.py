@@ -41,6 +41,7 @@ PUSH_KINDS = frozenset({"push"})
 # Claim order (lower first): deadlines (WeCom's 20 s welcome), then conversation, then bulk.
 PRIORITY = {"welcome": 0, "reply": 1, "relay": 1, "notice": 1, "transfer": 1, "intro": 1}  # relay: customer -> clerk
 BULK = 2
+PACE_MARGIN = 0.05  # a platform's cap is paced at 95 %: jitter on the way must not make a second over it
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,13 +216,18 @@ class OutboxWorker:
 
     def limiter(self, account: str) -> TokenBucket | SharedPace:
         """The account's send pace: shared by every process on PostgreSQL when it is a platform's
-        cap (N instances together stay under it), this process's own token bucket otherwise."""
+        cap (N instances together stay under it), this process's own token bucket otherwise.
+
+        A platform counts calls as they arrive, in any one second; a few milliseconds of jitter on
+        the way turned exact 1/rate spacing into rate + 1 calls in some second, which the platform
+        refuses (found by bench/caps.py). So a platform's cap is paced with PACE_MARGIN to spare."""
         if account not in self._limiters:
             caps = self.gw.adapters[account].capabilities()
+            rate = caps.rate_per_sec * (1 - PACE_MARGIN) if caps.platform_rate else caps.rate_per_sec
             if caps.platform_rate and self.gw.engine.dialect.name == "postgresql":
-                self._limiters[account] = SharedPace(self.gw.engine, account, caps.rate_per_sec, caps.burst)
+                self._limiters[account] = SharedPace(self.gw.engine, account, rate, caps.burst)
             else:
-                self._limiters[account] = TokenBucket(caps.rate_per_sec, caps.burst)
+                self._limiters[account] = TokenBucket(rate, caps.burst)
         return self._limiters[account]
 
     async def claim(self, limit: int, account: str | None = None) -> list:
