@@ -39,7 +39,7 @@ async def customers(ctx: Ctx):
         await ctx.reply("您还没有绑定的顾客。发送 /qr 获取您的专属邀请码。 No customers yet: send /qr.")
         return
     tz = ctx.gw.tz
-    current = await focus.current(s, clerk.id)
+    current = await focus.current(s, clerk.id, ctx.now())
     lines = []
     for customer, n, at in rows:
         n = n or await advisors.handle_for(s, clerk.id, customer.id)

@@ -19,7 +19,18 @@ from datetime import timedelta
 
 from gateway import advisors, labels, service
 from gateway.addressing import address_of
-from gateway.focus import ASK, CHOSEN, HOLD_ANSWER, SHOWN, Focus, latest_focus
+from gateway.focus import (
+    ASK,
+    CHOSEN,
+    HOLD_ANSWER,
+    SHOWN,
+    Current,
+    Focus,
+    open_question,
+    recent_focus,
+    resolve,
+    shown_at,
+)
 from gateway.model import Message, Segment
 from gateway.ratelimit import SlidingCounter
 from gateway.router import SKIP, Ctx, Router
@@ -54,20 +65,21 @@ async def _by_handle(ctx: Ctx, clerk_id: int, n: int) -> int | None:
     return customer.id if customer else None
 
 
-async def _focus(ctx: Ctx, clerk_id: int) -> Focus | None:
+async def _recent(ctx: Ctx, clerk_id: int) -> list[Focus]:
     if ctx.staged:
-        return ctx.look.focus.get(clerk_id)
-    return (await latest_focus(ctx.session, [clerk_id])).get(clerk_id)
+        return ctx.look.focus.get(clerk_id, [])
+    return (await recent_focus(ctx.session, [clerk_id]))[clerk_id]
 
 
-async def _shown_at(ctx: Ctx, f: Focus):
-    if not f.relay_key:
-        return None
+async def _current(ctx: Ctx, clerk_id: int) -> Current:
+    """Who the clerk's bare text would reach, and whether that is a guess."""
+    guard = timedelta(seconds=ctx.gw.config.policies.reply_guard_seconds)
+    rows = await _recent(ctx, clerk_id)
     if ctx.staged:
-        return ctx.look.shown.get(f.relay_key)
-    from gateway.focus import shown_at
-
-    return (await shown_at(ctx.session, [f.relay_key])).get(f.relay_key)
+        shown = ctx.look.shown
+    else:
+        shown = await shown_at(ctx.session, [f.relay_key for f in rows if f.relay_key])
+    return resolve(rows, shown, ctx.now(), guard)
 
 
 async def _set_focus(ctx: Ctx, f: Focus) -> None:
@@ -78,11 +90,6 @@ async def _set_focus(ctx: Ctx, f: Focus) -> None:
         from gateway.focus import append
 
         await append(ctx.session, [f])
-
-
-def _carried(f: Focus | None, now) -> dict | None:
-    """A question the clerk has not answered yet survives the relays that come after it."""
-    return f.held if f is not None and f.pending_ask(now) else None
 
 
 # -- customer → clerk --------------------------------------------------------------------------------
@@ -102,10 +109,10 @@ async def customer_to_clerk(ctx: Ctx):
     target, message = labels.relayed(target, advisors.customer_name(c, ctx.identity), n, c.id, ctx.event.message)
     key = ctx.idem("relay")
     await ctx.send(target, message, idem_key=key, kind="relay")
-    current = await _focus(ctx, clerk.id)
-    if current is None or current.customer_id != c.id:
-        await _set_focus(ctx, Focus(clerk.id, c.id, current.customer_id if current else None, SHOWN, now,
-                                    _carried(current, now), relay_key=key))
+    # Every relay is a row: which one the clerk met last is decided by when each reached them.
+    recent = await _recent(ctx, clerk.id)
+    await _set_focus(ctx, Focus(clerk.id, c.id, recent[0].customer_id if recent else None, SHOWN, now,
+                                open_question(recent, now), relay_key=key))
     await service.waiting(ctx, c, clerk, ctx.binding.store_id)
     await service.offhours_reply(ctx, ctx.binding.store_id)
     return None
@@ -145,35 +152,32 @@ async def customer_unbound(ctx: Ctx):
 
 @router.on("message", lambda ctx: address_of(ctx.event) is not None, side="clerk", staged=True)
 async def clerk_to_customer(ctx: Ctx):
-    clerk, now = ctx.clerk, ctx.now()
+    clerk = ctx.clerk
     addr = address_of(ctx.event)
     segs = list(ctx.event.message.segments)
-    current = await _focus(ctx, clerk.id)
+    current = await _current(ctx, clerk.id)
     if addr.handle is None:  # bare text: the current customer, unless that is a guess
-        if current is None or current.customer_id is None:
+        if current.customer_id is None:
             await ctx.reply("请用 #编号 指定顾客，例如 “#1 您好”。发送 /customers 查看列表。 Address a customer as #n.")
             return None
-        guard = timedelta(seconds=ctx.gw.config.policies.reply_guard_seconds)
-        if current.ambiguous(now, guard, await _shown_at(ctx, current)) or current.pending_ask(now):
+        if current.ambiguous or current.held:
             return await _ask(ctx, current, segs)
-        customer_id, chosen = current.customer_id, False
-    else:
-        customer_id, chosen = await _by_handle(ctx, clerk.id, addr.handle), True
-        if customer_id is None:
-            await ctx.reply(f"没有 #{addr.handle} 这位顾客。发送 /customers 查看您的顾客。 No customer #{addr.handle}.")
-            return None
-        if not addr.quoted:
-            segs = ([Segment.text(addr.rest)] if addr.rest.strip() else []) + segs[1:]
-    held = _carried(current, now)
-    if chosen and not segs and held:  # "#n" answers the question: the held messages go to n
-        messages = [[Segment.from_dict(sg) for sg in m] for m in held["messages"]]
-        return await _deliver(ctx, customer_id, messages, chosen=True, previous=current, held=None)
-    return await _deliver(ctx, customer_id, [segs] if segs else [], chosen=chosen, previous=current, held=held)
+        return await _deliver(ctx, current.customer_id, [segs] if segs else [], chosen=False, current=current)
+    customer_id = await _by_handle(ctx, clerk.id, addr.handle)
+    if customer_id is None:
+        await ctx.reply(f"没有 #{addr.handle} 这位顾客。发送 /customers 查看您的顾客。 No customer #{addr.handle}.")
+        return None
+    if not addr.quoted:
+        segs = ([Segment.text(addr.rest)] if addr.rest.strip() else []) + segs[1:]
+    if not segs and current.held:  # "#n" answers the question: the held messages go to n
+        messages = [[Segment.from_dict(sg) for sg in m] for m in current.held["messages"]]
+        return await _deliver(ctx, customer_id, messages, chosen=True, current=current, answered=True)
+    return await _deliver(ctx, customer_id, [segs] if segs else [], chosen=True, current=current)
 
 
-async def _deliver(ctx: Ctx, customer_id: int, messages: list[list[Segment]], *, chosen: bool,
-                   previous: Focus | None, held: dict | None):
-    """Send to the addressed customer; `held` (a question still open) stays open unless answered."""
+async def _deliver(ctx: Ctx, customer_id: int, messages: list[list[Segment]], *, chosen: bool, current: Current,
+                   answered: bool = False):
+    """Send to the addressed customer. A question still open stays open unless this answers it."""
     clerk, s, now = ctx.clerk, ctx.session, ctx.now()
     customer, channel, binding = await _addressee(ctx, customer_id)
     n = await _handle(ctx, clerk.id, customer_id)
@@ -181,9 +185,9 @@ async def _deliver(ctx: Ctx, customer_id: int, messages: list[list[Segment]], *,
     if binding is None or binding.clerk_id != clerk.id:
         await ctx.reply(f"{name} #{n} 已不是您的顾客，消息未发送。 Not sent: no longer your customer.")
         return None
-    if chosen or previous is None or previous.customer_id != customer_id:
-        await _set_focus(ctx, Focus(clerk.id, customer_id, previous.customer_id if previous else None, CHOSEN, now,
-                                    held))
+    if chosen:
+        await _set_focus(ctx, Focus(clerk.id, customer_id, current.customer_id, CHOSEN, now,
+                                    None if answered else current.held))
     if not messages:  # "#3" alone switches the current customer
         await ctx.reply(f"当前顾客：{name} #{n}。 Now talking to {name} #{n}.")
         return None
@@ -232,10 +236,10 @@ async def _name(ctx: Ctx, customer_id: int) -> str:
     return advisors.customer_name(customer)
 
 
-async def _ask(ctx: Ctx, current: Focus, segs: list[Segment]):
+async def _ask(ctx: Ctx, current: Current, segs: list[Segment]):
     """Hold the clerk's bare text and ask who it is for; "#n" answers and sends it."""
     now = ctx.now()
-    held = _carried(current, now) or {"messages": [], "candidates": []}
+    held = current.held or {"messages": [], "candidates": []}
     candidates = list(dict.fromkeys([*held["candidates"], current.customer_id, current.previous_customer_id]))
     candidates = [c for c in candidates if c is not None]
     held = {"messages": [*held["messages"], [sg.to_dict() for sg in segs]], "candidates": candidates,

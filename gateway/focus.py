@@ -1,30 +1,35 @@
 """A clerk's focus: the customer their bare text goes to, and whether it is safe to assume it.
 
-The focus is an append-only log (`clerk_focus`); the latest row per clerk is the state:
+The focus is an append-only log (`clerk_focus`), written with the batch that makes it:
 
-- `shown`   a relay moved the focus to its customer (the previous one is kept on the row);
-- `chosen`  the clerk addressed a customer (`#n text`, `#n`, a quoted reply);
+- `shown`   a relay to the clerk, with its outbox key (`relay_key`): it counts from when it reached
+            the clerk, which is the message's `sent_at`;
+- `chosen`  the clerk addressed a customer (`#n text`, `#n`, a quoted reply), counting from `at`;
 - `ask`     the clerk's bare text was ambiguous: it is held (`held`) and the clerk was asked.
 
-Bare text must never reach a customer the clerk has not seen as current. When the latest row is a
-relay that moved the focus from one customer to another within `policies.reply_guard_seconds`
-of the clerk's message, the clerk was probably still answering the previous customer: the gateway
-holds the text and asks instead of guessing. A held question rides along on later rows until the
-clerk answers "#n" (the held messages go to n) or it expires.
+The current customer is the one of the row the clerk met last — by when it reached them, not by
+row id: two batches (two lanes, two instances) commit in their own order, so ids do not tell what
+the clerk saw last. Bare text must never reach a customer the clerk has not seen as current: when
+the last row is a relay that switched from another customer less than
+`policies.reply_guard_seconds` before, or a relay has not reached the clerk yet, the gateway holds
+the text and asks. A held question rides along on later rows until the clerk answers "#n" (the held
+messages go to n) or it expires.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, union_all
 
 from gateway.models import ClerkFocus
 
 SHOWN, CHOSEN, ASK = "shown", "chosen", "ask"
 HOLD_ANSWER = timedelta(minutes=10)  # how long an `ask` waits for the clerk's `#n`
+RECENT = 8  # rows per clerk weighed: more than batches that can commit out of id order at once
+_NOT_YET = datetime.max.replace(tzinfo=UTC)  # a relay still on its way: the clerk will meet it last
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +42,48 @@ class Focus:
     held: dict[str, Any] | None = None
     relay_key: str | None = None  # shown: the relay's outbox key, to tell when the clerk saw it
 
-    def ambiguous(self, when: datetime, guard: timedelta, shown_at: datetime | None) -> bool:
-        """A relay switched the clerk to another customer moments before `when` — or has not even
-        reached the clerk yet (`shown_at` None: still queued, retried after a platform's refusal) —
-        and the clerk has not chosen since: bare text may have been meant for the previous one."""
-        if self.kind != SHOWN or self.previous_customer_id in (None, self.customer_id):
-            return False
-        seen = shown_at if self.relay_key else self.at
-        return seen is None or when - seen < guard
-
     def pending_ask(self, when: datetime) -> bool:
         """The clerk was asked "发给谁？" and has not answered: their held messages wait for "#n"."""
         return self.held is not None and when - datetime.fromisoformat(self.held["at"]) < HOLD_ANSWER
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """What a clerk's bare text would reach, and whether that is a guess."""
+
+    customer_id: int | None
+    previous_customer_id: int | None  # the customer met before, if another one
+    ambiguous: bool
+    held: dict[str, Any] | None  # a question still open
+
+
+def resolve(rows: list[Focus], shown: dict[str, datetime | None], now: datetime, guard: timedelta) -> Current:
+    """The clerk's current customer from their recent rows (newest first) and when each relay
+    reached them (`shown`: relay key → sent_at, None while on its way)."""
+    if not rows:
+        return Current(None, None, False, None)
+
+    def met(f: Focus) -> datetime:
+        if f.kind == SHOWN and f.relay_key:
+            return shown.get(f.relay_key) or _NOT_YET
+        return f.at
+
+    ordered = [f for _, f in sorted(enumerate(rows), key=lambda p: (met(p[1]), -p[0]))]  # ties: newer last
+    last = ordered[-1]
+    previous = next((f.customer_id for f in reversed(ordered) if f.customer_id != last.customer_id), None)
+    held = open_question(rows, now)
+    switched = last.kind == SHOWN and previous is not None
+    ambiguous = switched and (met(last) is _NOT_YET or now - met(last) < guard)
+    ambiguous = ambiguous or any(met(f) is _NOT_YET and f.customer_id != last.customer_id for f in rows)
+    return Current(last.customer_id, previous, ambiguous, held)
+
+
+def open_question(rows: list[Focus], now: datetime) -> dict[str, Any] | None:
+    """The held messages of a question still open: the clerk's own latest row (asked, or chose
+    without answering) says so; relays carry it along but do not decide (another lane's relay may
+    not have known it)."""
+    mine = next((f for f in rows if f.kind in (ASK, CHOSEN)), None)
+    return mine.held if mine is not None and mine.pending_ask(now) else None
 
 
 def row(f: Focus) -> dict[str, Any]:
@@ -56,20 +91,28 @@ def row(f: Focus) -> dict[str, Any]:
             "kind": f.kind, "at": f.at, "held": f.held, "relay_key": f.relay_key}
 
 
-async def latest_focus(session, clerk_ids) -> dict[int, Focus]:
-    """The latest focus row of each clerk: one backward probe of (clerk_id, id) per clerk, in one
-    statement (`max(id) … GROUP BY clerk_id` would read every row of each clerk's day)."""
+async def recent_focus(session, clerk_ids, n: int = RECENT) -> dict[int, list[Focus]]:
+    """Each clerk's last `n` focus rows, newest first: a backward probe of (clerk_id, id) per clerk,
+    in one statement."""
     ids = sorted(set(clerk_ids))
     if not ids:
         return {}
     f = ClerkFocus.__table__
-    newest = [select(f.c.id).where(f.c.clerk_id == cid).order_by(f.c.id.desc()).limit(1).scalar_subquery()
-              for cid in ids]
+    recent = union_all(*(select(sub.c.id) for sub in (
+        select(f.c.id).where(f.c.clerk_id == cid).order_by(f.c.id.desc()).limit(n).subquery() for cid in ids)))
     rows = (await session.execute(
         select(f.c.clerk_id, f.c.customer_id, f.c.previous_customer_id, f.c.kind, f.c.at, f.c.held, f.c.relay_key)
-        .where(f.c.id.in_(newest))
+        .where(f.c.id.in_(recent)).order_by(f.c.id.desc())
     )).all()
-    return {r.clerk_id: Focus(*r) for r in rows}
+    out: dict[int, list[Focus]] = {cid: [] for cid in ids}
+    for r in rows:
+        out[r.clerk_id].append(Focus(*r))
+    return out
+
+
+async def current_of(session, clerk_id: int, now: datetime, guard: timedelta) -> Current:
+    rows = (await recent_focus(session, [clerk_id]))[clerk_id]
+    return resolve(rows, await shown_at(session, [f.relay_key for f in rows if f.relay_key]), now, guard)
 
 
 async def shown_at(session, relay_keys) -> dict[str, datetime | None]:
@@ -88,8 +131,9 @@ async def shown_at(session, relay_keys) -> dict[str, datetime | None]:
     return {k: sent.get(k) for k in keys}
 
 
-async def current(session, clerk_id: int) -> int | None:
-    return getattr((await latest_focus(session, [clerk_id])).get(clerk_id), "customer_id", None)
+async def current(session, clerk_id: int, now: datetime) -> int | None:
+    """The clerk's current customer (for lists: no guard)."""
+    return (await current_of(session, clerk_id, now, timedelta(0))).customer_id
 
 
 async def append(session, rows: list[Focus]) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import select, tuple_
 
 from gateway.addressing import address_of
 from gateway.caches import Caches
-from gateway.focus import Focus, latest_focus, shown_at
+from gateway.focus import Focus, recent_focus, shown_at
 from gateway.model import Event, Identity
 from gateway.models import Binding, Clerk, Conversation, Customer, Handle
 from gateway.models import Identity as IdentityRow
@@ -108,7 +108,7 @@ class Lookups:
     clerk_of: dict[Identity, int | None] = field(default_factory=dict)  # clerk-side senders
     handles: dict[tuple[int, int], int] = field(default_factory=dict)  # (clerk, customer) → n
     by_handle: dict[tuple[int, int], int] = field(default_factory=dict)  # (clerk, n) → customer
-    focus: dict[int, Focus] = field(default_factory=dict)  # clerk → their latest focus row
+    focus: dict[int, list[Focus]] = field(default_factory=dict)  # clerk → their recent focus rows, newest first
     channels: dict[int, IdentityView] = field(default_factory=dict)  # customer → their reply channel
     work_ids: dict[int, list[Identity]] = field(default_factory=dict)  # clerk → work-IM ids
     hours: dict[int, dict | None] = field(default_factory=dict)  # store → opening hours
@@ -119,7 +119,7 @@ class Lookups:
     # -- what handlers change during the batch (staged alongside the writes) -----------------
 
     def set_focus(self, f: Focus) -> None:
-        self.focus[f.clerk_id] = f
+        self.focus[f.clerk_id] = [f, *self.focus.get(f.clerk_id, [])]
 
     def set_identity(self, ident: IdentityView, **changes: Any) -> IdentityView:
         new = replace(ident, **changes)
@@ -157,7 +157,7 @@ class Lookups:
             await lk._load_clerks(session, senders - lk.clerks.keys())
             clerk_ids |= senders
         if clerk_ids:
-            lk.focus = await latest_focus(session, clerk_ids)
+            lk.focus = await recent_focus(session, clerk_ids)
             lk.work_ids = await caches.work_ids(session, clerk_ids)
         # Customers the clerks' messages will reach: by #n, by quote, or their focus (and the one
         # before it, for the question when bare text is ambiguous).
@@ -169,14 +169,13 @@ class Lookups:
                 continue
             if addr.handle is not None:
                 numbers.add((clerk_id, addr.handle))
-            f = lk.focus.get(clerk_id)
-            if f is not None and addr.handle is None and f.relay_key:
-                relay_keys.add(f.relay_key)
-            if f is not None:
+            for f in lk.focus.get(clerk_id, []):
+                if addr.handle is None and f.relay_key:
+                    relay_keys.add(f.relay_key)
                 wanted |= {c for c in (f.customer_id, f.previous_customer_id) if c is not None}
                 if f.held and f.held.get("candidates"):
                     wanted |= set(f.held["candidates"])
-                pairs |= {(clerk_id, c) for c in wanted}
+            pairs |= {(clerk_id, c) for c in wanted}
         await lk._load_handles(session, pairs, numbers)
         if relay_keys:  # bare text: did the clerk see the relay that made their current customer?
             lk.shown = await shown_at(session, relay_keys)

@@ -13,7 +13,7 @@ import hashlib
 import re
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import or_, update
 from sqlmodel import select
 
 from gateway import advisors, copies, labels
@@ -22,6 +22,7 @@ from gateway.models import (
     AdvisorRequest,
     Binding,
     ChatMessage,
+    ClerkFocus,
     Conversation,
     Customer,
     Interaction,
@@ -151,10 +152,20 @@ async def _erase_copies(session, cid: int, found: copies.Copies, platform_ids: s
         elif ob.message_id in redacted:
             ob.message = {**ob.message, "segments": redacted[ob.message_id].segments}
         if any(x in ob.idem_key for x in platform_ids):
-            ob.idem_key = copies.erased_key(ob.idem_key)
+            erased = copies.erased_key(ob.idem_key)
+            # A clerk's focus remembers its relays by key (gateway/focus.py): it follows.
+            await session.execute(update(ClerkFocus).where(ClerkFocus.relay_key == ob.idem_key)
+                                  .values(relay_key=erased))
+            ob.idem_key = erased
+        if ob.peer in platform_ids:  # the outbox's own copy of the address (per-peer order)
+            ob.peer = copies.erased_key(ob.peer)
         for x in (x for x in platform_ids if len(x) >= 4):  # a platform's error may quote the address
             if ob.last_error and x in ob.last_error:
                 ob.last_error = ob.last_error.replace(x, "[erased]")
+    # A question a clerk has not answered may hold what they typed for this customer.
+    await session.execute(update(ClerkFocus).where(
+        or_(ClerkFocus.customer_id == cid, ClerkFocus.previous_customer_id == cid), ClerkFocus.held.is_not(None))
+        .values(held=None))
     for claim in found.claims:
         claim.events = []
         if any(x in claim.dedupe_key for x in platform_ids):

@@ -109,7 +109,7 @@ class GatewayState:
 
     async def clerk_customers(self, clerk_id: int) -> list[ClerkCustomer]:
         async with self._db() as s:
-            current = await focus.current(s, clerk_id)
+            current = await focus.current(s, clerk_id, self._clock.now())
             rows = await advisors.clerk_customers(s, clerk_id)
         return [ClerkCustomer(n, c.id, advisors.customer_name(c), at.astimezone(self._tz).isoformat() if at else None,
                               c.id == current) for c, n, at in rows]

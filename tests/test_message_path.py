@@ -74,6 +74,7 @@ async def test_two_customers_of_one_clerk_in_one_batch_then_bare_text_is_not_gue
     assert relays == ["【u-a #1】红色有吗", "【u-b #2】几点开门"]
     focus = (await rows(gw, ClerkFocus, ClerkFocus.clerk_id == world.clerk_id))[-1]
     assert (focus.kind, focus.previous_customer_id) == ("shown", (await _customer(gw, "u-a")))
+    await sent_out(gw)  # both relays reach the clerk's page
     # Bare text a moment after the switch from 甲 to 乙 might have been meant for either: ask, hold it.
     await gw.ingress.process_batch(await claimed(gw, clerk_event(world.clerk_id, "有的")))
     asked = (await rows(gw, ChatMessage, ChatMessage.side == "clerk", ChatMessage.direction == "out"))[-1]
@@ -89,6 +90,14 @@ async def test_two_customers_of_one_clerk_in_one_batch_then_bare_text_is_not_gue
     await gw.ingress.process_batch(await claimed(gw, clerk_event(world.clerk_id, "马上到")))
     sent = await rows(gw, ChatMessage, ChatMessage.direction == "out", ChatMessage.text == "马上到")
     assert [m.peer_id for m in sent] == ["u-a"]
+
+
+async def sent_out(gw) -> None:
+    """What the outbox holds goes out now (the tests here run no outbox worker)."""
+    while rows_ := await gw.outbox.claim(100):
+        for r in rows_:
+            await gw.outbox.deliver(r)
+    await gw.outbox._sent.close()
 
 
 async def _customer(gw, user: str) -> int:
@@ -136,6 +145,7 @@ async def test_a_quoted_relay_addresses_its_customer(gw, world, backend):
     await gw.ingress.process_batch(await claimed(gw, customer_event("u-a", "bind", invite=world.invite),
                                                  customer_event("u-b", "bind", invite=world.invite)))
     await gw.ingress.process_batch(await claimed(gw, customer_event("u-a", text="1"), customer_event("u-b", text="2")))
+    await sent_out(gw)
     quote = {"text": "【u-a #1】1"}  # the clerk quoted 甲's message in the work IM
     await gw.ingress.process_batch(await claimed(gw, clerk_event(world.clerk_id, "给您留着", quote=quote)))
     sent = await rows(gw, ChatMessage, ChatMessage.direction == "out", ChatMessage.text == "给您留着")
