@@ -270,10 +270,10 @@ async def close_binding(session, binding: Binding, at: datetime, reason: str) ->
 
 
 async def open_new_binding(session, customer: Customer, clerk: Clerk, at: datetime, source: str,
-                           invite_id: int | None = None) -> Binding:
+                           invite_id: int | None = None, served_since: datetime | None = None) -> Binding:
     """The customer's new advisor from `at`; any wait in the unassigned queue is over."""
     new = Binding(customer_id=customer.id, clerk_id=clerk.id, store_id=clerk.store_id, valid_from=at,
-                  source=source, invite_id=invite_id)
+                  source=source, invite_id=invite_id, served_since=served_since)
     session.add(new)
     customer.store_id = clerk.store_id
     await session.flush()
@@ -324,16 +324,21 @@ async def clerk_customers(session, clerk_id: int, limit: int = 500) -> list[tupl
 
 
 async def merge_customers(session, keep: Customer, gone: Customer, now: datetime, why: str) -> Customer:
-    """One person, two records (the same unionid reached us on two channels): everything of `gone`
-    moves to `keep` — identities, messages, interactions, bindings — so both histories read as one.
-    The advisor who served first stays; the other open binding ends now with reason "merged"."""
+    """One person, two records (the same unionid on two channels, a verified phone, a link from
+    the brand's member system): identities, messages, interactions, handles, queue entries,
+    transfers and focus move to `keep`, so the person reads as one.
+
+    Bindings and orders stay on the record they were made for: each record's ledger is a pure
+    function of its own bindings, orders and refunds, and moving the bindings made lines already
+    written (bounties, commissions) recompute differently. Orders after the merge reach `keep`
+    (through the moved identities, or `merged_into_id`). The advisor who has served the person
+    longest continues on `keep`: `gone`'s open binding ends now ("merged"); when its advisor is the
+    one who stays, `keep`'s ends too and `keep` gets that advisor from now (source "merge", which
+    earns no bounty). A merge logs `merged`, never `bound`: nobody was recruited."""
     from gateway.interactions import log_interaction
     from gateway.models import ChatMessage, ClerkFocus, Interaction, Outbox, Transfer
 
     kb, gb = await open_binding(session, keep.id), await open_binding(session, gone.id)
-    if kb and gb:
-        loser = gb[0] if kb[0].valid_from <= gb[0].valid_from else kb[0]
-        await close_binding(session, loser, now, "merged")
     keep_handles = set((await session.exec(select(Handle.clerk_id).where(Handle.customer_id == keep.id))).all())
     if keep_handles:
         await session.execute(delete(Handle).where(Handle.customer_id == gone.id, Handle.clerk_id.in_(keep_handles)))
@@ -341,10 +346,16 @@ async def merge_customers(session, keep: Customer, gone: Customer, now: datetime
                                                        QueueEntry.resolved_at.is_(None)))).first():
         await session.execute(update(QueueEntry).where(QueueEntry.customer_id == gone.id,
                                                        QueueEntry.resolved_at.is_(None)).values(resolved_at=now))
-    for model in (IdentityRow, Binding, Handle, QueueEntry, ChatMessage, Interaction, Outbox, Transfer):
+    for model in (IdentityRow, Handle, QueueEntry, ChatMessage, Interaction, Outbox, Transfer):
         await session.execute(update(model).where(model.customer_id == gone.id).values(customer_id=keep.id))
     for col in (ClerkFocus.customer_id, ClerkFocus.previous_customer_id):
         await session.execute(update(ClerkFocus).where(col == gone.id).values({col.key: keep.id}))
+    # Records merged into `gone` earlier now live in `keep` too (one hop from any record to the person).
+    await session.execute(update(Customer).where(Customer.merged_into_id == gone.id).values(merged_into_id=keep.id))
+    continued = await _continue_advisor(session, keep, kb, gb, now)
+    if kb is not None and continued is None:  # keep's advisor stays: nobody is waiting for one
+        await session.execute(update(QueueEntry).where(QueueEntry.customer_id == keep.id,
+                                                       QueueEntry.resolved_at.is_(None)).values(resolved_at=now))
     keep.name = keep.name or gone.name
     keep.phone_hash = keep.phone_hash or gone.phone_hash
     keep.store_id = keep.store_id or gone.store_id
@@ -357,8 +368,51 @@ async def merge_customers(session, keep: Customer, gone: Customer, now: datetime
     gone.merged_into_id, gone.last_identity_id = keep.id, None
     await session.flush()
     await log_interaction(session, "merged", occurred_at=now, customer_id=keep.id,
-                          payload={"merged_customer_id": gone.id, "why": why})
+                          clerk_id=continued.clerk_id if continued else None,
+                          payload={"merged_customer_id": gone.id, "why": why,
+                                   **({"binding_id": continued.id} if continued else {})})
     return keep
+
+
+def serving_since(binding: Binding) -> datetime:
+    """Since when this binding's advisor has served the person (a binding opened by a merge
+    continues one of the merged record)."""
+    return binding.served_since or binding.valid_from
+
+
+async def _continue_advisor(session, keep: Customer, kb: tuple[Binding, Clerk] | None,
+                            gb: tuple[Binding, Clerk] | None, now: datetime) -> Binding | None:
+    """End `gone`'s open binding; when its advisor served first, they continue on `keep` from now
+    (the binding opened, or None)."""
+    if gb is None:
+        return None
+    binding, clerk = gb
+    await close_binding(session, binding, now, "merged")
+    if kb is not None and serving_since(kb[0]) <= serving_since(binding):
+        return None
+    if kb is not None:
+        await close_binding(session, kb[0], now, "merged")
+    return await open_new_binding(session, keep, clerk, now, "merge", served_since=serving_since(binding))
+
+
+async def merged_ids(session, customer_id: int) -> list[int]:
+    """The records merged into this one. Merges re-point earlier ones, so one hop suffices; the
+    loop also follows chains left by merges made before they did."""
+    found: list[int] = []
+    frontier = [customer_id]
+    while frontier and len(found) < 1000:
+        frontier = [i for i in (await session.exec(select(Customer.id).where(Customer.merged_into_id.in_(frontier))
+                                                   .order_by(Customer.id))).all() if i not in found]
+        found += frontier
+    return found
+
+
+async def binding_history(session, customer_id: int) -> list[Binding]:
+    """The person's advisors over time: this record's bindings and those of the records merged
+    into it (which stay on their own record, for the ledger), oldest first."""
+    ids = [customer_id, *await merged_ids(session, customer_id)]
+    return list((await session.exec(select(Binding).where(Binding.customer_id.in_(ids))
+                                     .order_by(Binding.valid_from, Binding.id))).all())
 
 
 async def _by_unionid(session, unionid: str, not_customer: int | None = None) -> Customer | None:

@@ -65,11 +65,12 @@ async def _customer(s, q: Req) -> Customer:
 
 @route("GET", "/customers/{customer_id}", roles=ALL)
 async def customer_get(q: Req):
-    """A customer with identities, binding history and recent interactions."""
+    """A customer with identities, binding history (of the records merged into it too: each
+    binding names its record) and recent interactions."""
     async with q.gw.db() as s:
         c = await _customer(s, q)
         idents = (await s.exec(select(Identity).where(Identity.customer_id == c.id))).all()
-        bindings = (await s.exec(select(Binding).where(Binding.customer_id == c.id).order_by(Binding.valid_from))).all()
+        bindings = await advisors.binding_history(s, c.id)  # records merged into it too
         history = (await s.exec(select(Interaction).where(Interaction.customer_id == c.id)
                                 .order_by(Interaction.id.desc()).limit(100))).all()
         queued = (await s.exec(select(QueueEntry).where(QueueEntry.customer_id == c.id,

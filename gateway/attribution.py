@@ -72,7 +72,11 @@ async def _customer(session, ref: dict) -> int | None:
         c = await session.get(Customer, ref["customer_id"])
         if c is None:
             raise OrderError(422, "invalid", "no such customer", "customer.customer_id")
-        return c.merged_into_id or c.id
+        for _ in range(100):  # the person's record now (merges made before re-pointing left chains)
+            if c.merged_into_id is None or (nxt := await session.get(Customer, c.merged_into_id)) is None:
+                break
+            c = nxt
+        return c.id
     row = (await session.execute(select(IdentityRow.customer_id).where(
         IdentityRow.platform == ref["channel"], IdentityRow.external_id == ref["external_id"]))).first()
     return row[0] if row else None

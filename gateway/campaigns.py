@@ -85,10 +85,12 @@ async def audience_batch(session, aud: dict, stores: set[int] | None, after: int
         q = q.where(or_(Binding.store_id.in_(stores), and_(Binding.id.is_(None), Customer.store_id.in_(stores))))
     if aud.get("clerks"):
         q = q.where(Binding.clerk_id.in_(aud["clerks"]))
+    # Since when the advisor has served them: a merge that carried an advisor over is no new member.
+    since = func.coalesce(Binding.served_since, Binding.valid_from)
     if aud.get("bound_after"):
-        q = q.where(Binding.valid_from >= datetime.fromisoformat(aud["bound_after"]))
+        q = q.where(since >= datetime.fromisoformat(aud["bound_after"]))
     if aud.get("bound_before"):
-        q = q.where(Binding.valid_from < datetime.fromisoformat(aud["bound_before"]))
+        q = q.where(since < datetime.fromisoformat(aud["bound_before"]))
     return list((await session.execute(q)).all())
 
 

@@ -9,8 +9,12 @@ Rules (attribution config, versioned by `rule_version`):
   * refund: reverses refund × the same rate, never more than the order's commission left
     (refunds taken in the order they arrived).
   * member bounty: the clerk of a customer's first binding earns `member_bounty`, once per
-    customer (not for relationships brought in by `gateway import`); clawed back when that binding ends for a reason of the customer's (unbound,
-    switched, erased…) within `bounty_clawback_days` — not when the clerk leaves (handover).
+    customer (not for relationships brought in by `gateway import`, nor for one a merge carried
+    over from another record, which earned its own); clawed back when that binding ends for a
+    reason of the customer's (unbound, switched, erased…) within `bounty_clawback_days` — not
+    when the clerk leaves (handover) or the record is merged.
+  * merges: bindings and orders stay on the record they were made for, so a merge changes no
+    line of either record; orders after it belong to the surviving record.
 Money is Decimal; every amount is rounded once, to the fen, half up (`fen`).
 """
 
@@ -25,6 +29,9 @@ from decimal import ROUND_HALF_UP, Decimal
 FEN = Decimal("0.01")
 # Binding end reasons that are not the customer leaving: the bounty stays.
 KEEPS_BOUNTY = frozenset({"handover", "merged"})
+# How a first binding began when nobody recruited the customer through the gateway: an import
+# (migrated), or a merge (the advisor continues a relationship whose record earned the bounty).
+NOT_RECRUITED = frozenset({"import", "merge"})
 
 
 def fen(x: Decimal) -> Decimal:
@@ -105,7 +112,7 @@ def entries(customer_id: int, bindings: list[BindingRec], orders: list[OrderRec]
     out: list[Entry] = []
     v = rules.version
     ordered = sorted(bindings, key=lambda b: (b.valid_from, b.id))
-    if ordered and rules.member_bounty > 0 and ordered[0].source != "import":  # migrated, not recruited here
+    if ordered and rules.member_bounty > 0 and ordered[0].source not in NOT_RECRUITED:
         first = ordered[0]
         out.append(Entry(f"bounty:{customer_id}", "bounty", first.clerk_id, first.store_id, customer_id,
                          fen(rules.member_bounty), binding_id=first.id, rule=v))

@@ -127,6 +127,10 @@ class Binding(SQLModel, table=True):
     source: str = Field(default="invite", max_length=64)
     invite_id: int | None = Field(default=None, foreign_key="invite.id")
     end_reason: str | None = Field(default=None, max_length=64)
+    # A binding opened by a merge (source "merge") continues the advisor of the merged record:
+    # since when they have served the person (None: valid_from). "Served first" and a campaign's
+    # bound_after / bound_before read it; the ledger does not (it reads valid_from).
+    served_since: datetime | None = _ts(nullable=True)
 
 
 class Handle(SQLModel, table=True):

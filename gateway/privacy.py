@@ -20,7 +20,6 @@ from gateway import advisors, copies, labels
 from gateway.interactions import log_interaction
 from gateway.models import (
     AdvisorRequest,
-    Binding,
     ChatMessage,
     ClerkFocus,
     Conversation,
@@ -64,7 +63,9 @@ async def export(session, customer: Customer, tz) -> dict:
     out = {
         "customer": rows([customer])[0],
         "identities": rows(idents),
-        "bindings": await of(Binding, Binding.valid_from),
+        # The person's: bindings stay on the record they were made for (see advisors.merge_customers).
+        "merged_records": rows([await session.get(Customer, i) for i in await advisors.merged_ids(session, customer.id)]),
+        "bindings": rows(await advisors.binding_history(session, customer.id)),
         "messages": rows((await session.exec(select(ChatMessage).where(
             ChatMessage.customer_id == customer.id, ChatMessage.side == "customer").order_by(ChatMessage.id))).all()),
         # The clerk's side: what was relayed to them, what they typed to this customer, and their
@@ -124,6 +125,10 @@ async def erase(session, customer: Customer, now: datetime, by: str) -> dict:
                                                      Conversation.first_reply_at.is_(None)).values(first_reply_at=now))
     customer.name = customer.phone_hash = customer.tags = None
     customer.erased_at = customer.erased_at or now
+    for i in await advisors.merged_ids(session, cid):  # merged records still hold the name and phone they had
+        old = await session.get(Customer, i)
+        old.name = old.phone_hash = old.tags = None
+        old.erased_at = old.erased_at or now
     customer.opted_out_at = customer.opted_out_at or now
     await log_interaction(session, "erased", occurred_at=now, customer_id=cid, payload={"by": by})
     return {"customer_id": cid, "erased_at": customer.erased_at, "identities": len(idents),

@@ -114,7 +114,9 @@ export async function customer(ctx, id) {
     h("div", { class: "card" }, h("h3", {}, "Bindings 绑定历史"), table([
       { label: "Clerk 导购", get: (b) => clerkLabel(n.clerk[b.clerk_id], n) },
       { label: "From 起", get: (b) => fmt.dt(b.valid_from) }, { label: "To 止", get: (b) => (b.valid_to ? fmt.dt(b.valid_to) : "open 当前") },
-      { label: "Source 来源", get: (b) => b.source }, { label: "Ended 结束原因", get: (b) => b.end_reason || "—" }],
+      { label: "Source 来源", get: (b) => b.source }, { label: "Ended 结束原因", get: (b) => b.end_reason || "—" },
+      // bindings of a record merged into this one stay on that record (its ledger is its own)
+      { label: "Record 记录", get: (b) => (b.customer_id === c.id ? "—" : `#${b.customer_id} (merged 已合并)`) }],
       c.bindings || [], { attrs: (b) => ({ "data-binding-clerk": b.clerk_id, "data-open": b.valid_to ? "no" : "yes" }) })),
     h("div", { class: "card" }, h("h3", {}, "History 互动记录 (latest 100)"), table([
       { label: "When 时间", get: (i) => fmt.dt(i.occurred_at) }, { label: "Type 类型", get: (i) => i.type },
