@@ -159,8 +159,8 @@ class Lookups:
         if clerk_ids:
             lk.focus = await recent_focus(session, clerk_ids)
             lk.work_ids = await caches.work_ids(session, clerk_ids)
-        # Customers the clerks' messages will reach: by #n, by quote, or their focus (and the one
-        # before it, for the question when bare text is ambiguous).
+        # Customers the clerks' messages will reach: by #n, by quote, or their focus (and the others
+        # they met lately, for the question when bare text is ambiguous).
         pairs = {(b.clerk_id, b.customer_id) for b in lk.bindings.values() if b is not None}
         numbers, wanted, relay_keys = set(), set(), set()
         for e in clerk_side:
@@ -169,15 +169,17 @@ class Lookups:
                 continue
             if addr.handle is not None:
                 numbers.add((clerk_id, addr.handle))
+            mine: set[int] = set()
             for f in lk.focus.get(clerk_id, []):
                 if addr.handle is None and f.relay_key:
                     relay_keys.add(f.relay_key)
-                wanted |= {c for c in (f.customer_id, f.previous_customer_id) if c is not None}
+                mine |= {c for c in (f.customer_id, f.previous_customer_id) if c is not None}
                 if f.held and f.held.get("candidates"):
-                    wanted |= set(f.held["candidates"])
-            pairs |= {(clerk_id, c) for c in wanted}
+                    mine |= set(f.held["candidates"])
+            wanted |= mine
+            pairs |= {(clerk_id, c) for c in mine}
         await lk._load_handles(session, pairs, numbers)
-        if relay_keys:  # bare text: did the clerk see the relay that made their current customer?
+        if relay_keys:  # bare text: when did each recent relay reach the clerk (gateway/focus.py)?
             lk.shown = await shown_at(session, relay_keys)
         wanted |= {c for (k, n), c in lk.by_handle.items()}
         await lk._load_customers(session, wanted - lk.channels.keys())
