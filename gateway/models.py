@@ -205,8 +205,10 @@ class CallbackSignature(SQLModel, table=True):
 
 class Outbox(SQLModel, table=True):
     __table_args__ = (
-        # Each account's send lane claims its own due rows in this order (gateway/outbox.py).
+        # Each account's send lane claims its own rows (gateway/outbox.py): bulk by due time,
+        # conversation in id order.
         sa.Index("ix_outbox_due", "status", "account", "priority", "next_attempt_at", "id"),
+        sa.Index("ix_outbox_conversation", "status", "account", "priority", "id"),
         # A peer's earlier rows still unsent hold its later ones back, across processes too.
         sa.Index("ix_outbox_peer", "account", "peer", "status", "id"),
         sa.Index("ix_outbox_customer_kind", "customer_id", "kind", "created_at"),  # per-customer push caps

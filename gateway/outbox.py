@@ -58,8 +58,8 @@ class Outgoing:
 
 
 def _order_key(row) -> tuple:
-    """Rows keep their order per peer and class (conversation, or bulk)."""
-    return row.account, row.peer, row.priority < BULK
+    """Rows keep their order per peer and priority."""
+    return row.account, row.peer, row.priority
 
 
 async def _insert_in_order(session, table, rows: list[dict]) -> list[int]:
@@ -231,31 +231,47 @@ class OutboxWorker:
         return self._limiters[account]
 
     async def claim(self, limit: int, account: str | None = None) -> list:
-        """Take up to `limit` due rows (of one account's lane, or of any) for this worker."""
-        now = self.gw.clock.now()
+        """Take up to `limit` due rows (of one account's lane, or of any) for this worker:
+        conversation first (welcomes, replies, relays, notices), then bulk (pushes, briefs)."""
         if self._task_less():  # no reclaim loop (tests, shutdown): hand back expired leases here
             await self.reclaim()
+        rows = await self._claim(limit, account, conversation=True)
+        if len(rows) < limit:
+            rows += await self._claim(limit - len(rows), account, conversation=False)
+        self._claimed.update((r.id, _order_key(r)) for r in rows)  # in this worker's hands until done
+        # RETURNING comes in no particular order; sends start (and take their peer's lock) in
+        # enqueue order, so a peer's messages go out in the order they were made.
+        return sorted(rows, key=lambda r: r.id)
+
+    async def _claim(self, limit: int, account: str | None, *, conversation: bool) -> list:
+        """Per-peer order, across processes too: a row waits while an earlier row of its peer and
+        priority is unsent — in another process's hands, waiting for a retry (those two keep it
+        out of the pick, so nothing is locked for nothing), or not picked with it (a concurrent
+        claim took it). This worker's own rows in flight hold nothing back: its peer lock keeps them
+        in order. Without this, two workers sent one clerk's relays at once (the clerk saw them in
+        another order than made), and a retried message was overtaken by the next.
+
+        Conversation rows are picked by (priority, id), so a later row of a peer is never picked
+        without the earlier ones of its priority (picking by due time, the limit left those out,
+        and the rows picked, all waiting behind them, were picked again and again). Bulk rows
+        (pushes, briefs: most of them scheduled ahead) are picked by due time, with the same
+        waiting but without that last rule."""
+        now = self.gw.clock.now()
         o, e = Outbox.__table__, Outbox.__table__.alias("earlier")
 
         def earlier(row, *states):
-            """An earlier row of `row`'s peer and class (conversation or bulk) in one of `states`."""
             return (select(e.c.id).where(e.c.account == row.c.account, e.c.peer == row.c.peer, e.c.id < row.c.id,
-                                         (e.c.priority < BULK) == (row.c.priority < BULK), or_(*states)).exists())
+                                         e.c.priority == row.c.priority, or_(*states)).exists())
 
-        # Per-peer order across processes: a row waits while an earlier row of its peer is unsent —
-        # in another process's hands, or waiting for a retry (not picked at all, so nothing is
-        # locked for nothing) — or was not picked with it (taken by a concurrent claim, or cut off
-        # by the limit). This worker's own rows in flight hold nothing back: its peer lock keeps
-        # them in order. Without this, two workers sent one clerk's relays at once, and the clerk
-        # saw them in another order than the gateway's focus.
         busy = (and_(e.c.status == "sending", e.c.claimed_by != self.worker_id),
                 and_(e.c.status == "pending", e.c.next_attempt_at > now))
         pick = (
             select(o.c.id, o.c.account, o.c.peer, o.c.priority)
             .where(o.c.status == "pending", o.c.next_attempt_at <= now,
                    o.c.account == account if account else o.c.account.in_(list(self.gw.adapters)),
+                   o.c.priority < BULK if conversation else o.c.priority >= BULK,
                    or_(o.c.peer.is_(None), ~earlier(o, *busy)))
-            .order_by(o.c.priority, o.c.next_attempt_at, o.c.id)
+            .order_by(*((o.c.priority, o.c.id) if conversation else (o.c.priority, o.c.next_attempt_at, o.c.id)))
             .limit(limit)
             .with_for_update(skip_locked=True)
             .cte("pick")
@@ -266,29 +282,27 @@ class OutboxWorker:
             # already took: one claim then took every due row, not `limit`, and rows waiting for the
             # rate limiter outlived their lease and were sent twice (found by `make chaos`).
             pick = pick.prefix_with("MATERIALIZED")
-        left_out = and_(e.c.status == "pending", e.c.id.not_in(select(pick.c.id)))
-        free = select(pick.c.id).where(or_(pick.c.peer.is_(None), ~earlier(pick, left_out, *busy)))
+        free = select(pick.c.id)
+        if conversation:
+            left_out = and_(e.c.status == "pending", e.c.id.not_in(select(pick.c.id)))
+            free = free.where(or_(pick.c.peer.is_(None), ~earlier(pick, left_out)))
         stmt = (
-            update(Outbox)
-            .where(Outbox.id.in_(free))
+            update(o)
+            .where(o.c.id.in_(free))
             .values(
                 status="sending",
-                attempts=Outbox.attempts + 1,
+                attempts=o.c.attempts + 1,
                 lease_until=now + timedelta(seconds=self.cfg.lease_seconds),
                 claimed_by=self.worker_id,
             )
-            .returning(Outbox.id, Outbox.idem_key, Outbox.account, Outbox.target, Outbox.message,
-                       Outbox.attempts, Outbox.message_id, Outbox.created_at, Outbox.kind,
-                       Outbox.customer_id, Outbox.clerk_id, Outbox.campaign_id, Outbox.peer, Outbox.priority)
-            .execution_options(synchronize_session=False)
+            .returning(o.c.id, o.c.idem_key, o.c.account, o.c.target, o.c.message, o.c.attempts, o.c.message_id,
+                       o.c.created_at, o.c.kind, o.c.customer_id, o.c.clerk_id, o.c.campaign_id, o.c.peer,
+                       o.c.priority)
         )  # fmt: skip
         async with self.gw.db() as s:
             rows = (await s.execute(stmt)).all()
             await s.commit()
-        self._claimed.update((r.id, _order_key(r)) for r in rows)  # in this worker's hands until done
-        # RETURNING comes in no particular order; sends start (and take their peer's lock) in
-        # enqueue order, so a peer's messages go out in the order they were made.
-        return sorted(rows, key=lambda r: r.id)
+        return list(rows)
 
     async def reclaim(self) -> None:
         """Rows whose lease ran out (their worker died) go back to pending. Kept out of the pick so
@@ -562,7 +576,9 @@ class Lane:
             self.wake.clear()
             free = self.concurrency - len(self.inflight)
             rows = []
-            if free > 0:
+            # Under load, claim in batches: wait until a quarter of the slots are free again rather
+            # than spend a claim (a database round trip) on every slot that frees.
+            if free > 0 and (free >= max(1, self.concurrency // 4) or not self.inflight):
                 try:
                     rows = await w.claim(min(free, w.cfg.batch), self.account)
                 except asyncio.CancelledError:

@@ -55,6 +55,7 @@ def upgrade() -> None:
         batch_op.drop_index('ix_outbox_due')
         batch_op.create_index('ix_outbox_due', ['status', 'account', 'priority', 'next_attempt_at', 'id'], unique=False)
         batch_op.create_index('ix_outbox_peer', ['account', 'peer', 'status', 'id'], unique=False)
+        batch_op.create_index('ix_outbox_conversation', ['status', 'account', 'priority', 'id'], unique=False)
     # Rows still to send learn their peer (the rest never take part in the per-peer order).
     if op.get_bind().dialect.name == "postgresql":
         op.execute("UPDATE outbox SET peer = target->'identity'->>'external_id' WHERE status IN ('pending', 'sending')")
@@ -65,6 +66,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_conversation')
         batch_op.drop_index('ix_outbox_peer')
         batch_op.drop_column('peer')
         batch_op.drop_index('ix_outbox_due')
