@@ -92,6 +92,7 @@ class OutboxConfig(_Section):
     backoff_base: float = Field(2.0, gt=0)
     backoff_max: float = Field(900.0, gt=0)
     lease_seconds: float = Field(60.0, gt=0)
+    linger_ms: float = Field(5.0, ge=0, le=1000)  # a woken lane waits this long for more rows to claim at once
 
 
 class IngressConfig(_Section):
@@ -99,6 +100,7 @@ class IngressConfig(_Section):
     replay_after_seconds: float = Field(30.0, gt=0)
     workers: int | None = Field(None, ge=1, le=64)  # claim processors; None: 1 on SQLite, 4 on PostgreSQL
     batch: int = Field(200, ge=1, le=1000)  # most claims applied in one transaction (set-wise)
+    linger_ms: float = Field(5.0, ge=0, le=1000)  # a worker waits this long for more claims to batch
 
 
 class MaxPushes(_Section):

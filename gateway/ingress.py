@@ -141,8 +141,13 @@ class Ingress:
 
     async def _work_loop(self, work: asyncio.Queue) -> None:
         """A bounded pool: acked claims are processed in batches, one transaction per batch."""
+        linger = self.gw.config.ingress.linger_ms / 1000
         while True:
             batch = [await work.get()]
+            if linger and work.qsize() < self.batch:
+                # A moment for more to arrive: a batch costs a handful of statements whatever its
+                # size, and under load batches of a few claims each kept the loop too busy to ack.
+                await asyncio.sleep(linger)
             while len(batch) < self.batch and not work.empty():
                 batch.append(work.get_nowait())
             try:

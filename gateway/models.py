@@ -210,7 +210,7 @@ class Outbox(SQLModel, table=True):
         sa.Index("ix_outbox_due", "status", "account", "priority", "next_attempt_at", "id"),
         sa.Index("ix_outbox_conversation", "status", "account", "priority", "id"),
         # A peer's earlier rows still unsent hold its later ones back, across processes too.
-        sa.Index("ix_outbox_peer", "account", "peer", "status", "id"),
+        sa.Index("ix_outbox_peer", "account", "peer", "priority", "status", "id"),
         sa.Index("ix_outbox_customer_kind", "customer_id", "kind", "created_at"),  # per-customer push caps
     )
     id: int | None = Field(default=None, primary_key=True)

@@ -258,34 +258,47 @@ class OutboxWorker:
         waiting but without that last rule."""
         now = self.gw.clock.now()
         o, e = Outbox.__table__, Outbox.__table__.alias("earlier")
-
-        def earlier(row, *states):
-            return (select(e.c.id).where(e.c.account == row.c.account, e.c.peer == row.c.peer, e.c.id < row.c.id,
-                                         e.c.priority == row.c.priority, or_(*states)).exists())
-
-        busy = (and_(e.c.status == "sending", e.c.claimed_by != self.worker_id),
-                and_(e.c.status == "pending", e.c.next_attempt_at > now))
+        mine = o.c.account == account if account else o.c.account.in_(list(self.gw.adapters))
+        klass = o.c.priority < BULK if conversation else o.c.priority >= BULK
+        pg = self.gw.engine.dialect.name == "postgresql"
+        # Rows in another worker's hands or waiting for a retry: from each one's id on, its peer and
+        # priority wait. Few (in flight, or retried), found first and once — as a correlated check
+        # per candidate row, a planner without fresh statistics walked every pending row of the
+        # account for each one (seconds per claim on a fresh database).
+        blockers = (
+            select(o.c.account, o.c.peer, o.c.priority, func.min(o.c.id).label("from_id"))
+            .where(mine, klass, o.c.peer.is_not(None),
+                   or_(and_(o.c.status == "sending", o.c.claimed_by != self.worker_id),
+                       and_(o.c.status == "pending", o.c.next_attempt_at > now)))
+            .group_by(o.c.account, o.c.peer, o.c.priority)
+            .cte("blockers")
+        )
+        if pg:
+            blockers = blockers.prefix_with("MATERIALIZED")
+        blocked = (select(blockers.c.from_id)
+                   .where(blockers.c.account == o.c.account, blockers.c.peer == o.c.peer,
+                          blockers.c.priority == o.c.priority, blockers.c.from_id < o.c.id).exists())
         pick = (
             select(o.c.id, o.c.account, o.c.peer, o.c.priority)
-            .where(o.c.status == "pending", o.c.next_attempt_at <= now,
-                   o.c.account == account if account else o.c.account.in_(list(self.gw.adapters)),
-                   o.c.priority < BULK if conversation else o.c.priority >= BULK,
-                   or_(o.c.peer.is_(None), ~earlier(o, *busy)))
+            .where(o.c.status == "pending", o.c.next_attempt_at <= now, mine, klass, ~blocked)
             .order_by(*((o.c.priority, o.c.id) if conversation else (o.c.priority, o.c.next_attempt_at, o.c.id)))
             .limit(limit)
             .with_for_update(skip_locked=True)
             .cte("pick")
         )
-        if self.gw.engine.dialect.name == "postgresql":
+        if pg:
             # Picked once. As `IN (subquery)` PostgreSQL may rescan the pick per outer row (its plan
             # when statistics say the outbox is empty), each rescan skipping the rows this statement
             # already took: one claim then took every due row, not `limit`, and rows waiting for the
             # rate limiter outlived their lease and were sent twice (found by `make chaos`).
             pick = pick.prefix_with("MATERIALIZED")
         free = select(pick.c.id)
-        if conversation:
-            left_out = and_(e.c.status == "pending", e.c.id.not_in(select(pick.c.id)))
-            free = free.where(or_(pick.c.peer.is_(None), ~earlier(pick, left_out)))
+        if conversation:  # an earlier row of the peer a concurrent claim took (or locked) first
+            left_out = (select(e.c.id)
+                        .where(e.c.account == pick.c.account, e.c.peer == pick.c.peer, e.c.priority == pick.c.priority,
+                               e.c.status == "pending", e.c.id < pick.c.id, e.c.id.not_in(select(pick.c.id)))
+                        .exists())
+            free = free.where(or_(pick.c.peer.is_(None), ~left_out))
         stmt = (
             update(o)
             .where(o.c.id.in_(free))
@@ -579,6 +592,8 @@ class Lane:
             # Under load, claim in batches: wait until a quarter of the slots are free again rather
             # than spend a claim (a database round trip) on every slot that frees.
             if free > 0 and (free >= max(1, self.concurrency // 4) or not self.inflight):
+                if w.cfg.linger_ms:  # a moment for more rows: one claim per row costs a round trip each
+                    await asyncio.sleep(w.cfg.linger_ms / 1000)
                 try:
                     rows = await w.claim(min(free, w.cfg.batch), self.account)
                 except asyncio.CancelledError:

@@ -54,7 +54,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('peer', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True))
         batch_op.drop_index('ix_outbox_due')
         batch_op.create_index('ix_outbox_due', ['status', 'account', 'priority', 'next_attempt_at', 'id'], unique=False)
-        batch_op.create_index('ix_outbox_peer', ['account', 'peer', 'status', 'id'], unique=False)
+        batch_op.create_index('ix_outbox_peer', ['account', 'peer', 'priority', 'status', 'id'], unique=False)
         batch_op.create_index('ix_outbox_conversation', ['status', 'account', 'priority', 'id'], unique=False)
     # Rows still to send learn their peer (the rest never take part in the per-peer order).
     if op.get_bind().dialect.name == "postgresql":
