@@ -441,6 +441,7 @@ async def run_gateway(platform: str, args, url: str, profile_path: str | None, c
 
             with Profile(profile_path) as prof:
                 backlog = Backlog(gw)
+                cpu0, wall0 = time.process_time(), time.perf_counter()
                 if args.generator == "process":
                     load = await load_in_child([request_for(i, "m") for i in range(n)],
                                                concurrency=args.concurrency, timeout=args.timeout,
@@ -459,6 +460,8 @@ async def run_gateway(platform: str, args, url: str, profile_path: str | None, c
                     complete = await relays.wait("m", n, max(1.0, cutoff), where, partial_ok=True)
                 else:
                     complete = await relays.wait("m", n, args.timeout, where)
+                cpu = {"ms_per_message": round((time.process_time() - cpu0) * 1000 / n, 3),
+                       "share_of_one_core": round((time.process_time() - cpu0) / (time.perf_counter() - wall0), 3)}
         drained = None
         if complete:
             await outbox_idle(gw, *sc.relayed(), timeout=60)  # let the outbox record the relays before checking
@@ -475,7 +478,7 @@ async def run_gateway(platform: str, args, url: str, profile_path: str | None, c
                                                             *sc.side_traffic())}
         out = {"platform": platform, "path": sc.path, "ack": load.stats(), "e2e": e2e_stats(load, relays.arrived["m"], n),
                "drained_s": drained, "complete": complete, "peak_backlog": backlog.peak,
-               "relayed_at_last_ack": relayed_at_last_ack, "profile_top": prof.top(), **side}
+               "relayed_at_last_ack": relayed_at_last_ack, "profile_top": prof.top(), "cpu": cpu, **side}
         if args.rate:
             out["open_loop"] = open_loop_summary(load, relays.arrived["m"], args.rate, n)
         return out
@@ -505,6 +508,7 @@ async def measure(platform: str, args, base: Stats, profile_path: str | None, cl
         "all_relayed": gw["complete"],
         "peak_ingress_backlog": gw["peak_backlog"],
         "relayed_when_last_post_acked": gw["relayed_at_last_ack"],
+        "gateway_cpu": gw["cpu"],
         **{k: gw[k] for k in ("side_rows_sent", "side_rows_waiting", "open_loop") if k in gw},
         "health": run_health,
     }
@@ -631,6 +635,9 @@ def run_lines(name: str, g: dict, r: dict, result: dict, args) -> list[str]:
                      f"peak {g['peak_ingress_backlog']} acked messages waiting, "
                      f"{g['relayed_when_last_post_acked']} of {result['messages']} relayed at the last ack{extra}")
     lines.append(f"    {health_line(g['health'])}")
+    cpu = g["gateway_cpu"]
+    lines.append(f"    gateway process CPU: {cpu['ms_per_message']:.2f} ms per message, "
+                 f"{cpu['share_of_one_core'] * 100:.0f} % of one core while measured")
     if g.get("profile"):
         lines.append(f"\nprofile {g['profile']['file']} — top functions:\n{g['profile']['top']}\n")
     return lines

@@ -88,7 +88,10 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEn
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it cost a round trip on every checkout (several per relayed batch). A connection
+    # the server dropped fails its first statement instead, which invalidates the whole pool at
+    # once; the callers retry (claims once at once, the loops on their next round).
+    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size)
 
 
 class AsyncSession(_SQLModelAsyncSession):

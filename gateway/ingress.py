@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError
 
 from gateway.adapter import Adapter, BadRequest, Unauthorized
 from gateway.batch import Batcher
@@ -114,14 +115,20 @@ class Ingress:
                      events=[e.to_dict() for e in evs], received_at=now, lease_until=lease, attempts=0)
                 for a, k, evs in batch]
         c = InboundClaim.__table__
-        async with self.gw.claim_db() as s:
-            # executemany of one cached statement: `.values(rows)` compiled a new INSERT for every
-            # batch size (a few ms each, on the ack path).
-            res = await s.execute(
-                insert_ignore(s, c, conflict=["platform", "account", "dedupe_key"])
-                .returning(c.c.id, c.c.platform, c.c.account, c.c.dedupe_key), rows)
-            ids = {(p, a, k): i for i, p, a, k in res.all()}
-            await s.commit()
+        for attempt in (1, 2):
+            try:
+                async with self.gw.claim_db() as s:
+                    # executemany of one cached statement: `.values(rows)` compiled a new INSERT for
+                    # every batch size (a few ms each, on the ack path).
+                    res = await s.execute(
+                        insert_ignore(s, c, conflict=["platform", "account", "dedupe_key"])
+                        .returning(c.c.id, c.c.platform, c.c.account, c.c.dedupe_key), rows)
+                    ids = {(p, a, k): i for i, p, a, k in res.all()}
+                    await s.commit()
+                break
+            except DBAPIError as e:  # a connection the server dropped (restart): the pool is renewed, once more
+                if attempt == 2 or not e.connection_invalidated:
+                    raise
         out = []
         for a, k, _ in batch:  # the same key twice in one batch: the first wins, the rest are duplicates
             out.append(ids.pop((a.platform, a.account, k), None))

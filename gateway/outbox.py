@@ -18,9 +18,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Integer, and_, bindparam, delete, func, insert, or_, select, update
 
 from gateway.adapter import Deferred, Permanent, Retryable
 from gateway.batch import Batcher
@@ -41,6 +41,7 @@ PUSH_KINDS = frozenset({"push"})
 # Claim order (lower first): deadlines (WeCom's 20 s welcome), then conversation, then bulk.
 PRIORITY = {"welcome": 0, "reply": 1, "relay": 1, "notice": 1, "transfer": 1, "intro": 1}  # relay: customer -> clerk
 BULK = 2
+RECORDS_BEHIND = 4  # a lane's rows awaiting their "sent" record, at most, in multiples of its concurrency
 PACE_MARGIN = 0.05  # a platform's cap is paced at 95 %: jitter on the way must not make a second over it
 
 
@@ -106,6 +107,8 @@ class OutboxWorker:
         self.on_failed: dict[str, Callable[..., Awaitable[None]]] = {}
         self.on_unreachable: Callable[..., Awaitable[None]] | None = None  # (session, row, code, error)
         self.due: set[str] = set()  # accounts that got rows since the last kick
+        self.bulk_due: set[str] = set()  # accounts that got bulk rows since their lane last looked
+        self._claim_stmts: dict[tuple, Any] = {}  # (account, conversation) -> the claim, built once
         self.sent = 0  # counters for tests, metrics and benchmarks
         self.failed = 0
 
@@ -181,6 +184,8 @@ class OutboxWorker:
         if pushes:
             await session.execute(insert(Interaction.__table__), pushes)
         self.due.update(i.target.identity.account for i in items if i.idem_key in ids and not i.held)
+        self.bulk_due.update(i.target.identity.account for i in items
+                             if i.idem_key in ids and not i.held and PRIORITY.get(i.kind, BULK) >= BULK)
         return ids
 
     async def _push_refusal(self, session, adapter, target: Target, now) -> tuple[str | None, str | None]:
@@ -230,13 +235,14 @@ class OutboxWorker:
                 self._limiters[account] = TokenBucket(rate, caps.burst)
         return self._limiters[account]
 
-    async def claim(self, limit: int, account: str | None = None) -> list:
+    async def claim(self, limit: int, account: str | None = None, *, bulk: bool = True) -> list:
         """Take up to `limit` due rows (of one account's lane, or of any) for this worker:
-        conversation first (welcomes, replies, relays, notices), then bulk (pushes, briefs)."""
+        conversation first (welcomes, replies, relays, notices), then bulk (pushes, briefs) unless
+        `bulk` is False (the lane knows none can be due yet)."""
         if self._task_less():  # no reclaim loop (tests, shutdown): hand back expired leases here
             await self.reclaim()
         rows = await self._claim(limit, account, conversation=True)
-        if len(rows) < limit:
+        if bulk and len(rows) < limit:
             rows += await self._claim(limit - len(rows), account, conversation=False)
         self._claimed.update((r.id, _order_key(r)) for r in rows)  # in this worker's hands until done
         # RETURNING comes in no particular order; sends start (and take their peer's lock) in
@@ -244,6 +250,14 @@ class OutboxWorker:
         return sorted(rows, key=lambda r: r.id)
 
     async def _claim(self, limit: int, account: str | None, *, conversation: bool) -> list:
+        now = self.gw.clock.now()
+        params = {"now": now, "lease": now + timedelta(seconds=self.cfg.lease_seconds), "lim": limit}
+        async with self.gw.db() as s:
+            rows = (await s.execute(self._claim_statement(account, conversation), params)).all()
+            await s.commit()
+        return list(rows)
+
+    def _claim_statement(self, account: str | None, conversation: bool):
         """Per-peer order, across processes too: a row waits while an earlier row of its peer and
         priority is unsent — in another process's hands, waiting for a retry (those two keep it
         out of the pick, so nothing is locked for nothing), or not picked with it (a concurrent
@@ -255,8 +269,14 @@ class OutboxWorker:
         without the earlier ones of its priority (picking by due time, the limit left those out,
         and the rows picked, all waiting behind them, were picked again and again). Bulk rows
         (pushes, briefs: most of them scheduled ahead) are picked by due time, with the same
-        waiting but without that last rule."""
-        now = self.gw.clock.now()
+        waiting but without that last rule.
+
+        Built once per lane and class, with the time and the limit as parameters: building it for
+        every claim (CTEs, aliases and their columns) cost more CPU than running it."""
+        key = (account, conversation)
+        if key in self._claim_stmts:
+            return self._claim_stmts[key]
+        now = bindparam("now", type_=Outbox.__table__.c.next_attempt_at.type)
         o, e = Outbox.__table__, Outbox.__table__.alias("earlier")
         mine = o.c.account == account if account else o.c.account.in_(list(self.gw.adapters))
         klass = o.c.priority < BULK if conversation else o.c.priority >= BULK
@@ -282,7 +302,7 @@ class OutboxWorker:
             select(o.c.id, o.c.account, o.c.peer, o.c.priority)
             .where(o.c.status == "pending", o.c.next_attempt_at <= now, mine, klass, ~blocked)
             .order_by(*((o.c.priority, o.c.id) if conversation else (o.c.priority, o.c.next_attempt_at, o.c.id)))
-            .limit(limit)
+            .limit(bindparam("lim", type_=Integer))
             .with_for_update(skip_locked=True)
             .cte("pick")
         )
@@ -305,17 +325,15 @@ class OutboxWorker:
             .values(
                 status="sending",
                 attempts=o.c.attempts + 1,
-                lease_until=now + timedelta(seconds=self.cfg.lease_seconds),
+                lease_until=bindparam("lease", type_=o.c.lease_until.type),
                 claimed_by=self.worker_id,
             )
             .returning(o.c.id, o.c.idem_key, o.c.account, o.c.target, o.c.message, o.c.attempts, o.c.message_id,
                        o.c.created_at, o.c.kind, o.c.customer_id, o.c.clerk_id, o.c.campaign_id, o.c.peer,
                        o.c.priority)
         )  # fmt: skip
-        async with self.gw.db() as s:
-            rows = (await s.execute(stmt)).all()
-            await s.commit()
-        return list(rows)
+        self._claim_stmts[key] = stmt
+        return stmt
 
     async def reclaim(self) -> None:
         """Rows whose lease ran out (their worker died) go back to pending. Kept out of the pick so
@@ -368,6 +386,7 @@ class OutboxWorker:
                 self.gw.state.unrecorded.setdefault(peer, set()).add(row.message_id)
             # The send's own time, not the later group commit's: reply windows count by it.
             recorded = asyncio.ensure_future(self._sent.submit((row, receipt, self.gw.clock.now())))
+        self._slot_free(row)
         try:
             ok = await asyncio.shield(recorded)
         finally:
@@ -509,14 +528,23 @@ class OutboxWorker:
         finally:
             self._claimed.pop(row.id, None)
             self._behind.discard(row.id)
-            if lane is not None:
-                lane.wake.set()  # a slot is free
+            self._slot_free(row)
+
+    def _slot_free(self, row) -> None:
+        """The platform call is over (its record may still be on the way): the lane may send another.
+        Holding the slot until the group commit of the record bounded a lane at `concurrency` sends
+        per commit round trip, whatever the platform allowed."""
+        lane = self._lanes.get(row.account)
+        if lane is not None:
+            lane.sending.discard(row.id)
+            lane.wake.set()
 
     def _spawn(self, row, lane: Lane | None = None) -> asyncio.Task:
         task = asyncio.create_task(self._run_one(row, lane), name=f"outbox-{row.id}")
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         if lane is not None:
+            lane.sending.add(row.id)
             lane.inflight.add(task)
             task.add_done_callback(lane.inflight.discard)
         return task
@@ -581,25 +609,45 @@ class Lane:
         self.worker, self.account = worker, account
         self.concurrency = worker.cfg.concurrency
         self.wake = asyncio.Event()
-        self.inflight: set[asyncio.Task] = set()
+        self.inflight: set[asyncio.Task] = set()  # rows in this lane's hands, sending or being recorded
+        self.sending: set[int] = set()  # rows whose platform call is not over: at most `concurrency`
+        self._bulk_looked = float("-inf")
+
+    def _bulk_may_be_due(self) -> bool:
+        """Bulk rows come from campaigns and briefs, mostly scheduled ahead: look for them when this
+        process wrote some, else once per poll interval (as for rows other processes write) —
+        not on every wake-up, which under a stream of relays doubled the claims."""
+        now = asyncio.get_running_loop().time()
+        if self.account in self.worker.bulk_due or now - self._bulk_looked >= self.worker.cfg.poll_interval:
+            self.worker.bulk_due.discard(self.account)
+            self._bulk_looked = now
+            return True
+        return False
 
     async def run(self) -> None:
         w = self.worker
         while not w._stopping:
             self.wake.clear()
-            free = self.concurrency - len(self.inflight)
+            free = self.concurrency - len(self.sending)
+            if len(self.inflight) >= RECORDS_BEHIND * self.concurrency:
+                free = 0  # the records fall behind (a slow database): send no more until they catch up
             rows = []
             # Under load, claim in batches: wait until a quarter of the slots are free again rather
             # than spend a claim (a database round trip) on every slot that frees.
-            if free > 0 and (free >= max(1, self.concurrency // 4) or not self.inflight):
+            if free > 0 and (free >= max(1, self.concurrency // 4) or not self.sending):
                 if w.cfg.linger_ms:  # a moment for more rows: one claim per row costs a round trip each
                     await asyncio.sleep(w.cfg.linger_ms / 1000)
+                bulk = self._bulk_may_be_due()
                 try:
-                    rows = await w.claim(min(free, w.cfg.batch), self.account)
+                    rows = await w.claim(min(free, w.cfg.batch), self.account, bulk=bulk)
+                    if bulk and (len(rows) == min(free, w.cfg.batch) or any(r.priority >= BULK for r in rows)):
+                        self._bulk_looked = float("-inf")  # more may be due: look again next round
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("outbox claim for %s failed; retrying", self.account)
+                    if bulk:
+                        self._bulk_looked = float("-inf")
             for row in rows:
                 w._spawn(row, self)
             if rows and len(rows) == min(free, w.cfg.batch):

@@ -82,3 +82,28 @@ async def test_duplicate_claim_is_refused_by_the_database(gw, backend):
     assert await gw.ingress.claim(adapter, "same-key", events) is None
     # …but the same key on another account is a different message
     assert await gw.ingress.claim(gw.adapters["workbench"], "same-key", events) is not None
+
+
+async def test_a_claim_survives_the_server_dropping_its_connections(pg_database):
+    """Pooled connections are not pinged before use (a round trip per checkout on the hot path):
+    when the server dropped them (a restart), the next claim still succeeds and is applied."""
+    from sqlalchemy import text
+
+    gw = Gateway(make_config(pg_database))
+    await gw.start()
+    try:
+        adapter = gw.adapters["webchat"]
+        first = [message_event("u-5", 1)]
+        assert await gw.ingress.accept(adapter, first) == (False, [])
+        async with gw.engine.connect() as c:  # every other backend of this database goes away
+            await c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        second = [message_event("u-5", 2)]
+        assert await gw.ingress.accept(adapter, second) == (False, [])  # acked: claimed durably
+        for _ in range(200):
+            if await count(gw, ChatMessage, ChatMessage.direction == "in") == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert await count(gw, ChatMessage, ChatMessage.direction == "in") == 2
+    finally:
+        await gw.stop()

@@ -337,3 +337,82 @@ async def test_a_retried_message_holds_its_peers_later_ones_back(gw, clock, back
         assert await w.deliver(r) == "sent"
     await w._sent.close()
     assert rec.sent == ["k-0", "k-1", "k-2"]
+
+
+async def test_a_bulk_backlog_drains_at_once_and_relays_do_not_look_for_bulk_rows(db_url, clock):
+    """Lanes look for bulk rows when this process wrote some (or once per poll interval), and keep
+    looking while a claim returns any: a campaign's backlog larger than one claim is sent without
+    waiting a poll interval per claim, and a stream of relays costs one claim per wake, not two."""
+    from gateway.runtime import Gateway
+    from tests.conftest import make_config
+
+    gw = Gateway(make_config(db_url, outbox={"poll_interval": 30, "batch": 4, "linger_ms": 0}), clock=clock)
+    sent = Recorder()
+    gw.adapters["webchat"].send = sent
+    await gw.start()
+    try:
+        await enqueue(gw, await customer(gw), n=13, kind="brief", prefix="bulk")
+        gw.outbox.kick()
+        for _ in range(100):
+            if len(sent.sent) == 13:
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(sent.sent) == sorted(f"bulk-{i}" for i in range(13))  # not one claim per 30 s poll
+
+        await asyncio.sleep(0.2)  # the lane's last look for bulk rows (its last claim returned some) finds none
+        claims = []
+        real = gw.outbox._claim
+
+        async def counted(limit, account, *, conversation):
+            claims.append(conversation)
+            return await real(limit, account, conversation=conversation)
+
+        gw.outbox._claim = counted
+        for i in range(3):
+            await enqueue(gw, await customer(gw, f"u-r{i}"), kind="reply", prefix=f"chat{i}")
+            gw.outbox.kick()
+            for _ in range(100):
+                if len(sent.sent) == 14 + i:
+                    break
+                await asyncio.sleep(0.02)
+        assert len(sent.sent) == 16
+        assert claims and all(claims)  # only conversation claims: no bulk rows were written
+    finally:
+        await gw.stop()
+
+
+async def test_a_lane_sends_on_while_its_records_commit(db_url):
+    """A slot is free once the platform call is over: sends do not wait for the group commit that
+    records them (which bounded a lane at `concurrency` sends per commit round trip)."""
+    from gateway.runtime import Gateway
+    from tests.conftest import make_config
+
+    gw = Gateway(make_config(db_url, outbox={"concurrency": 2, "batch": 2, "linger_ms": 0}))
+    sent = Recorder()
+    gw.adapters["webchat"].send = sent
+    record, slow = gw.outbox._sent._write, asyncio.Event()
+
+    async def slow_record(batch):
+        await slow.wait()  # the database is slow to record
+        return await record(batch)
+
+    gw.outbox._sent._write = slow_record
+    await gw.start()
+    try:
+        for i in range(8):
+            await enqueue(gw, await customer(gw, f"u-s{i}"), prefix=f"s{i}")
+        gw.outbox.kick()
+        for _ in range(100):
+            if len(sent.sent) == 8:
+                break
+            await asyncio.sleep(0.02)
+        assert len(sent.sent) == 8  # every call made while no record had committed yet
+        slow.set()
+        for _ in range(100):
+            if all(r.status == "sent" for r in await rows(gw)):
+                break
+            await asyncio.sleep(0.02)
+        assert [r.status for r in await rows(gw)] == ["sent"] * 8 and len(sent.sent) == 8
+    finally:
+        slow.set()
+        await gw.stop()
