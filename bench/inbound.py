@@ -109,7 +109,7 @@ from gateway.config import build_config  # noqa: E402
 from gateway.models import Binding, Handle, Outbox  # noqa: E402
 from gateway.models import Identity as IdentityRow  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
-from gateway.serve import SWITCH_INTERVAL  # noqa: E402
+from gateway.serve import tune_interpreter  # noqa: E402
 
 AIM = 0.25
 CAP_AIM = 0.90  # issue 17 aim 4: capped confirmations, end to end ≥ 90 % of the same run with the cap lifted
@@ -725,7 +725,7 @@ def main(argv=None) -> int:
     digest = quiet_logging()
     started = time.monotonic()
     try:
-        sys.setswitchinterval(SWITCH_INTERVAL)  # as `gateway serve` does
+        tune_interpreter()  # as `gateway serve` does
         result = asyncio.run(main_async(args))
     except BenchError as e:
         print(f"BENCH FAILED: {e}", file=sys.stderr)

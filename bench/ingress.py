@@ -66,7 +66,7 @@ from gateway.app import create_app  # noqa: E402
 from gateway.config import build_config  # noqa: E402
 from gateway.models import Outbox  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
-from gateway.serve import SWITCH_INTERVAL  # noqa: E402
+from gateway.serve import tune_interpreter  # noqa: E402
 
 AIM = 0.25
 E2E_TIMEOUT = 120.0
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     digest = quiet_logging()
     started = time.monotonic()
     try:
-        sys.setswitchinterval(SWITCH_INTERVAL)  # as `gateway serve` does
+        tune_interpreter()  # as `gateway serve` does
         result = asyncio.run(main_async(args))
     except BenchError as e:
         print(f"BENCH FAILED: {e}", file=sys.stderr)

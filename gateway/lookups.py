@@ -181,7 +181,8 @@ class Lookups:
         await lk._load_handles(session, pairs, numbers)
         if relay_keys:  # bare text: when did each recent relay reach the clerk (gateway/focus.py)?
             lk.shown = await shown_at(session, relay_keys)
-        wanted |= {c for (k, n), c in lk.by_handle.items()}
+        # Customers clerks address by #n (the senders of customer messages are loaded already).
+        wanted |= {lk.by_handle[kn] for kn in numbers if kn in lk.by_handle}
         await lk._load_customers(session, wanted - lk.channels.keys())
         waiting = set(lk.customers)
         if waiting:
