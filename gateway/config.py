@@ -92,7 +92,7 @@ class OutboxConfig(_Section):
     backoff_base: float = Field(2.0, gt=0)
     backoff_max: float = Field(900.0, gt=0)
     lease_seconds: float = Field(60.0, gt=0)
-    linger_ms: float = Field(5.0, ge=0, le=1000)  # a woken lane waits this long for more rows to claim at once
+    linger_ms: float = Field(5.0, ge=0, le=1000)  # a lane waits this long before each claim, for rows arriving together
 
 
 class IngressConfig(_Section):

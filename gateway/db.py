@@ -13,6 +13,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as _SAAsyncSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
@@ -88,10 +89,18 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEn
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    # No pre-ping: it cost a round trip on every checkout (several per relayed batch). A connection
-    # the server dropped fails its first statement instead, which invalidates the whole pool at
-    # once; the callers retry (claims once at once, the loops on their next round).
-    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size)
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _alive(dbapi_conn, _record, _proxy):
+        # Instead of a pre-ping (a round trip on every checkout, several per relayed batch): a
+        # connection the server closed (a restart) has seen its socket close already, so it is
+        # replaced here rather than fail the first statement of a write nobody retries — a send's
+        # record lost that way sent the message again after its lease.
+        if dbapi_conn.driver_connection.is_closed():
+            raise DisconnectionError("the server closed this connection")
+
+    return engine
 
 
 class AsyncSession(_SQLModelAsyncSession):

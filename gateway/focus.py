@@ -106,7 +106,7 @@ async def recent_focus(session, clerk_ids, n: int = RECENT) -> dict[int, list[Fo
     return out
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)
 def _recent_statement(clerks: int):
     """Built once per number of clerks, with the clerks and `n` as parameters: building it for
     every batch cost more CPU than running it."""

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 
 from gateway.adapter import Adapter, BadRequest, Unauthorized
@@ -128,6 +128,8 @@ class Ingress:
                         insert_ignore(s, c, conflict=["platform", "account", "dedupe_key"])
                         .returning(c.c.id, c.c.platform, c.c.account, c.c.dedupe_key), rows)
                     ids = {(p, a, k): i for i, p, a, k in res.all()}
+                    if attempt == 2:
+                        ids |= await self._landed(s, rows, ids)
                     await s.commit()
                 break
             except DBAPIError as e:  # a connection the server dropped (restart): the pool is renewed, once more
@@ -137,6 +139,22 @@ class Ingress:
         for a, k, _ in batch:  # the same key twice in one batch: the first wins, the rest are duplicates
             out.append(ids.pop((a.platform, a.account, k), None))
         return out
+
+    @staticmethod
+    async def _landed(s, rows: list[dict], ids: dict) -> dict:
+        """After a retry: claims the broken first attempt committed (its answer was lost) are ours
+        still — pending, with this attempt's own receipt time — not duplicates of someone else's
+        (which would leave them to the replay, half a minute later)."""
+        c = InboundClaim.__table__
+        missing = [(r["platform"], r["account"], r["dedupe_key"]) for r in rows
+                   if (r["platform"], r["account"], r["dedupe_key"]) not in ids]
+        if not missing:
+            return {}
+        found = await s.execute(
+            select(c.c.id, c.c.platform, c.c.account, c.c.dedupe_key)
+            .where(tuple_(c.c.platform, c.c.account, c.c.dedupe_key).in_(missing), c.c.status == "pending",
+                   c.c.received_at == rows[0]["received_at"]))
+        return {(p, a, k): i for i, p, a, k in found.all()}
 
     def _enqueue(self, claim_id: int, key: str, events: list[Event]) -> None:
         s = events[0].sender

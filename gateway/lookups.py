@@ -181,7 +181,7 @@ class Lookups:
         await lk._load_handles(session, pairs, numbers)
         if relay_keys:  # bare text: when did each recent relay reach the clerk (gateway/focus.py)?
             lk.shown = await shown_at(session, relay_keys)
-        # Customers clerks address by #n (the senders of customer messages are loaded already).
+        # Customers clerks address by #n (senders of customer messages came with their channel).
         wanted |= {lk.by_handle[kn] for kn in numbers if kn in lk.by_handle}
         await lk._load_customers(session, wanted - lk.channels.keys())
         waiting = set(lk.customers)
@@ -206,7 +206,9 @@ class Lookups:
                                               len(_CLERK_COLS))
             iv = IdentityView(*ident)
             self.identities[iv.address] = iv
-            self.customers[cust[0]] = CustomerView(*cust)
+            self.customers[cust[0]] = view = CustomerView(*cust)
+            if view.last_identity_id == iv.id:  # their reply channel, should a clerk in this batch answer
+                self.channels[cust[0]] = iv
             self.bindings[cust[0]] = BindingView(*bind) if bind[0] is not None else None
             if clerk[0] is not None:
                 self.clerks[clerk[0]] = ClerkView(*clerk)

@@ -146,6 +146,16 @@ class Handle(SQLModel, table=True):
     n: int
 
 
+class HandleCounter(SQLModel, table=True):
+    """The last `#n` given out per clerk, on PostgreSQL: taken in a transaction of its own that
+    commits at once, so two batches binding customers to the same clerks never wait for each
+    other's uncommitted numbers (max + 1 inside the batch deadlocked). Owned by advisors.handle_for."""
+
+    __tablename__ = "handle_counter"
+    clerk_id: int = Field(foreign_key="clerk.id", primary_key=True)
+    last_n: int
+
+
 class ChatMessage(SQLModel, table=True):
     """Every message through the gateway, on either side, with its delivery status."""
 

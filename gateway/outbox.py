@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Integer, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from gateway.adapter import Deferred, Permanent, Retryable
 from gateway.batch import Batcher
@@ -41,7 +42,7 @@ PUSH_KINDS = frozenset({"push"})
 # Claim order (lower first): deadlines (WeCom's 20 s welcome), then conversation, then bulk.
 PRIORITY = {"welcome": 0, "reply": 1, "relay": 1, "notice": 1, "transfer": 1, "intro": 1}  # relay: customer -> clerk
 BULK = 2
-RECORDS_BEHIND = 4  # a lane's rows awaiting their "sent" record, at most, in multiples of its concurrency
+RECORDS_BEHIND = 4  # a lane's rows in hand (sending, or their record on the way), at most, × its concurrency
 PACE_MARGIN = 0.05  # a platform's cap is paced at 95 %: jitter on the way must not make a second over it
 
 
@@ -118,6 +119,7 @@ class OutboxWorker:
         self.on_unreachable: Callable[..., Awaitable[None]] | None = None  # (session, row, code, error)
         self.due: set[str] = set()  # accounts that got rows since the last kick
         self.bulk_due: set[str] = set()  # accounts that got bulk rows since their lane last looked
+        self._bulk_written: set[str] = set()  # …written, their transaction not yet committed (kick moves them)
         self._claim_stmts: dict[tuple, Any] = {}  # (account, conversation) -> the claim, built once
         self.sent = 0  # counters for tests, metrics and benchmarks
         self.failed = 0
@@ -194,8 +196,8 @@ class OutboxWorker:
         if pushes:
             await session.execute(insert(Interaction.__table__), pushes)
         self.due.update(i.target.identity.account for i in items if i.idem_key in ids and not i.held)
-        self.bulk_due.update(i.target.identity.account for i in items
-                             if i.idem_key in ids and not i.held and PRIORITY.get(i.kind, BULK) >= BULK)
+        self._bulk_written.update(i.target.identity.account for i in items
+                                  if i.idem_key in ids and not i.held and PRIORITY.get(i.kind, BULK) >= BULK)
         return ids
 
     async def _push_refusal(self, session, adapter, target: Target, now) -> tuple[str | None, str | None]:
@@ -222,6 +224,10 @@ class OutboxWorker:
         """New rows are due: wake their accounts' lanes (those written since the last kick, else all)."""
         accounts = [account] if account else (self.due or list(self._lanes))
         self.due = set()
+        # Callers kick after their commit: a lane that looked for bulk rows before it would not
+        # have seen them, and would not look again for a poll interval.
+        self.bulk_due |= self._bulk_written
+        self._bulk_written = set()
         for a in accounts:
             lane = self._lanes.get(a)
             if lane is not None:
@@ -253,7 +259,12 @@ class OutboxWorker:
             await self.reclaim()
         rows = await self._claim(limit, account, conversation=True)
         if bulk and len(rows) < limit:
-            rows += await self._claim(limit - len(rows), account, conversation=False)
+            try:
+                rows += await self._claim(limit - len(rows), account, conversation=False)
+            except Exception:  # the conversation rows are ours (committed): send them, bulk waits a round
+                if not rows:
+                    raise
+                log.exception("outbox bulk claim for %s failed; sending the conversation rows", account or "all")
         self._claimed.update((r.id, _order_key(r)) for r in rows)  # in this worker's hands until done
         # RETURNING comes in no particular order; sends start (and take their peer's lock) in
         # enqueue order, so a peer's messages go out in the order they were made.
@@ -294,12 +305,15 @@ class OutboxWorker:
         # Rows in another worker's hands or waiting for a retry: from each one's id on, its peer and
         # priority wait. Few (in flight, or retried), found first and once — as a correlated check
         # per candidate row, a planner without fresh statistics walked every pending row of the
-        # account for each one (seconds per claim on a fresh database).
+        # account for each one (seconds per claim on a fresh database). Bulk rows waiting for a
+        # retry hold nothing back across processes (this process's `_behind` still does): pending
+        # rows due later are mostly a campaign's scheduled pushes, and grouping all of them on
+        # every bulk claim would cost a scan of the whole schedule.
+        in_others_hands = and_(o.c.status == "sending", o.c.claimed_by != self.worker_id)
+        retrying = and_(o.c.status == "pending", o.c.next_attempt_at > now)
         blockers = (
             select(o.c.account, o.c.peer, o.c.priority, func.min(o.c.id).label("from_id"))
-            .where(mine, klass, o.c.peer.is_not(None),
-                   or_(and_(o.c.status == "sending", o.c.claimed_by != self.worker_id),
-                       and_(o.c.status == "pending", o.c.next_attempt_at > now)))
+            .where(mine, klass, o.c.peer.is_not(None), or_(in_others_hands, retrying) if conversation else in_others_hands)
             .group_by(o.c.account, o.c.peer, o.c.priority)
             .cte("blockers")
         )
@@ -416,6 +430,24 @@ class OutboxWorker:
     async def _record_sent(self, batch: list) -> list[bool]:
         """Group commit of successful sends: one guarded UPDATE for the batch, then the message
         rows and platform ids of the rows it took (executemany)."""
+        try:
+            return await self._write_sent(batch)
+        except DBAPIError as e:
+            if not e.connection_invalidated:
+                raise
+        # The connection broke under the write (a restart): if its commit landed, the rows read
+        # "sent" by this worker now, and writing again would log their pushes twice; if not, write
+        # again — a record that fails leaves the row to be sent again after its lease.
+        async with self.gw.db() as s:
+            ob = Outbox.__table__
+            landed = set((await s.execute(
+                select(ob.c.id).where(ob.c.id.in_([r.id for r, _, _ in batch]), ob.c.claimed_by == self.worker_id,
+                                      ob.c.status == "sent"))).scalars())
+        if landed:
+            return [r.id in landed for r, _, _ in batch]
+        return await self._write_sent(batch)
+
+    async def _write_sent(self, batch: list) -> list[bool]:
         now = self.gw.clock.now()
         ob, msg = Outbox.__table__, ChatMessage.__table__
         async with self.gw.db() as s:
@@ -531,6 +563,8 @@ class OutboxWorker:
         finally:
             self._claimed.pop(row.id, None)
             self._behind.discard(row.id)
+            if lane is not None:
+                lane.held.discard(row.id)  # before the wake-up below, so the lane counts it gone
             self._slot_free(row)
 
     def _slot_free(self, row) -> None:
@@ -548,8 +582,11 @@ class OutboxWorker:
         task.add_done_callback(self._inflight.discard)
         if lane is not None:
             lane.sending.add(row.id)
+            lane.held.add(row.id)
             lane.inflight.add(task)
             task.add_done_callback(lane.inflight.discard)
+            # Normally freed by _run_one; also if the task is cancelled before it starts (stop).
+            task.add_done_callback(lambda _t, i=row.id: (lane.sending.discard(i), lane.held.discard(i)))
         return task
 
     async def _reclaim_loop(self) -> None:
@@ -612,7 +649,8 @@ class Lane:
         self.worker, self.account = worker, account
         self.concurrency = worker.cfg.concurrency
         self.wake = asyncio.Event()
-        self.inflight: set[asyncio.Task] = set()  # rows in this lane's hands, sending or being recorded
+        self.inflight: set[asyncio.Task] = set()  # this lane's tasks (for tests and stop)
+        self.held: set[int] = set()  # rows in this lane's hands: sending, or their record on the way
         self.sending: set[int] = set()  # rows whose platform call is not over: at most `concurrency`
         self._bulk_looked = float("-inf")
 
@@ -632,7 +670,7 @@ class Lane:
         while not w._stopping:
             self.wake.clear()
             free = self.concurrency - len(self.sending)
-            if len(self.inflight) >= RECORDS_BEHIND * self.concurrency:
+            if len(self.held) >= RECORDS_BEHIND * self.concurrency:
                 free = 0  # the records fall behind (a slow database): send no more until they catch up
             rows = []
             # Under load, claim in batches: wait until a quarter of the slots are free again rather

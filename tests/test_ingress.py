@@ -107,3 +107,37 @@ async def test_a_claim_survives_the_server_dropping_its_connections(pg_database)
         assert await count(gw, ChatMessage, ChatMessage.direction == "in") == 2
     finally:
         await gw.stop()
+
+
+async def test_a_claim_whose_commit_answer_was_lost_is_still_ours(gw, backend):
+    """The first INSERT committed but the connection broke before the answer: the retry finds the
+    key taken. It is this attempt's own claim (same receipt time, pending), so it is processed now
+    and acked as accepted — not as a duplicate left to the replay half a minute later."""
+    from sqlalchemy.exc import DBAPIError
+
+    real, calls = gw.claim_db, []
+
+    def flaky():
+        s = real()
+        if not calls:
+            commit = s.commit
+
+            async def commit_then_break():
+                await commit()
+                raise DBAPIError("COMMIT", None, ConnectionError("gone"), connection_invalidated=True)
+
+            s.commit = commit_then_break
+        calls.append(1)
+        return s
+
+    gw.claim_db = flaky
+    await gw.start()
+    events = [message_event("u-6", 1)]
+    assert await gw.ingress.accept(gw.adapters["webchat"], events) == (False, [])
+    assert len(calls) == 2 and gw.ingress.duplicates == 0
+    for _ in range(100):
+        if await count(gw, ChatMessage, ChatMessage.direction == "in") == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await count(gw, ChatMessage, ChatMessage.direction == "in") == 1
+    assert await count(gw, InboundClaim, InboundClaim.status == "pending") == 0

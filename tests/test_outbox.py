@@ -416,3 +416,121 @@ async def test_a_lane_sends_on_while_its_records_commit(db_url):
     finally:
         slow.set()
         await gw.stop()
+
+
+async def test_a_send_recorded_after_the_server_dropped_its_connections_goes_out_once(pg_database):
+    """Pooled connections are not pinged before use; one the server closed (a restart) is replaced
+    at checkout. Before, the send's record failed on it, the row outlived its lease and the
+    message was sent again (found by review)."""
+    import asyncpg
+
+    from gateway.runtime import Gateway
+    from tests.conftest import _pg_dsn, _truncate, make_config
+
+    await _truncate(pg_database)
+    gw = Gateway(make_config(pg_database, outbox={"linger_ms": 0, "poll_interval": 3, "lease_seconds": 1}))
+    gate, sent = asyncio.Event(), []
+
+    async def send(target, message, *, idem_key, kind="reply"):
+        sent.append(idem_key)
+        await gate.wait()
+        return Receipt(platform_msg_id=f"p-{len(sent)}")
+
+    gw.adapters["webchat"].send = send
+    await gw.start()
+    try:
+        for i in range(3):  # a few connections in the pool
+            await customer(gw, f"w{i}")
+        await enqueue(gw, await customer(gw))
+        gw.outbox.kick()
+        while not sent:
+            await asyncio.sleep(0.01)
+        c = await asyncpg.connect(_pg_dsn(pg_database))
+        await c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        await c.close()
+        await asyncio.sleep(0.05)
+        gate.set()  # the call ends: its record is written on a connection from the pool
+        for _ in range(60):
+            if (await rows(gw))[0].status == "sent":
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)  # past the lease: a row left "sending" would be sent again now
+        assert sent == ["k-0"] and [(r.status, r.attempts) for r in await rows(gw)] == [("sent", 1)]
+    finally:
+        gate.set()
+        await gw.stop()
+
+
+@pytest.mark.parametrize("landed", [False, True])
+async def test_a_sent_record_broken_mid_write_is_written_once(gw, landed):
+    """The connection breaks under the group commit of "sent" records: written again if the
+    commit did not land; left alone if it did (its pushes would be logged twice)."""
+    from sqlalchemy.exc import DBAPIError
+
+    await enqueue(gw, await customer(gw))
+    w = gw.outbox
+    (row,) = await w.claim(1)
+    real, calls = w._write_sent, []
+
+    async def breaks_once(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            if landed:
+                await real(batch)
+            raise DBAPIError("COMMIT", None, ConnectionError("gone"), connection_invalidated=True)
+        return await real(batch)
+
+    w._write_sent = breaks_once
+    assert await w._record_sent([(row, Receipt(platform_msg_id="p-1"), gw.clock.now())]) == [True]
+    assert len(calls) == (1 if landed else 2)
+    (stored,) = await rows(gw)
+    assert stored.status == "sent" and stored.platform_msg_id == "p-1"
+
+
+async def test_a_failed_bulk_claim_still_hands_over_the_conversation_rows(gw):
+    """The conversation rows are claimed (committed) first: if the bulk claim then fails, they are
+    sent now, not left "sending" until their lease runs out (found by review)."""
+    target = await customer(gw)
+    await enqueue(gw, target, kind="reply", prefix="chat")
+    await enqueue(gw, target, kind="push", prefix="bulk")
+    real = gw.outbox._claim
+
+    async def bulk_fails(limit, account, *, conversation):
+        if not conversation:
+            raise ConnectionError("the database went away")
+        return await real(limit, account, conversation=conversation)
+
+    gw.outbox._claim = bulk_fails
+    assert [r.idem_key for r in await gw.outbox.claim(10)] == ["chat-0"]
+    gw.outbox._claim = real
+    assert [r.idem_key for r in await gw.outbox.claim(10)] == ["bulk-0"]
+
+
+async def test_bulk_rows_committed_after_a_lane_looked_are_sent_at_the_kick(pg_database, clock):
+    """A lane that woke while a campaign's transaction was open saw no bulk rows; the kick after the
+    commit makes it look again at once, not a poll interval later (found by review)."""
+    from gateway.runtime import Gateway
+    from tests.conftest import _truncate, make_config
+
+    await _truncate(pg_database)
+    gw = Gateway(make_config(pg_database, outbox={"poll_interval": 30, "linger_ms": 0}), clock=clock)
+    sent = Recorder()
+    gw.adapters["webchat"].send = sent
+    await gw.start()
+    try:
+        target = await customer(gw)
+        await asyncio.sleep(0.1)  # the lanes' first round is over
+        async with gw.db() as s:
+            await gw.outbox.enqueue(s, target, Message.of_text("new!"), idem_key="camp-1", kind="brief")
+            gw.outbox._lanes["webchat"].wake.set()  # something else wakes the lane meanwhile
+            await asyncio.sleep(0.1)
+            await s.commit()
+        gw.outbox.kick()
+        for _ in range(50):
+            if sent.sent:
+                break
+            await asyncio.sleep(0.02)
+        assert sent.sent == ["camp-1"]
+    finally:
+        await gw.stop()

@@ -138,3 +138,48 @@ async def test_migrations_go_down_and_up_again(db_url):
             assert await conn.run_sync(diff) == []
     finally:
         await e.dispose()
+
+
+async def test_handles_for_two_clerks_in_opposite_orders_never_deadlock(gw, backend):
+    """Two batches (transactions) each bind a new customer to two clerks, in opposite orders. With
+    `#n` as max + 1 inside each transaction, the second insert of each waited for the other's
+    uncommitted number: a deadlock on PostgreSQL (bench/inbound.py's Official Account setup hit
+    3). Numbers come from a counter committed at once, so neither waits for the other."""
+    import asyncio
+
+    from gateway import advisors
+
+    if backend == "sqlite":
+        pytest.skip("one writer: the second transaction waits for the first as a whole")
+    async with gw.db() as s:
+        store, one, _ = await _people(s)
+        two = Clerk(name="d", display_name="d", store_id=store.id)
+        people = [Customer(name=f"p{i}") for i in range(4)]
+        s.add_all([two, *people])
+        await s.commit()
+        old = Customer(name="earlier")  # a clerk with handles from before the counter existed
+        s.add(old)
+        await s.flush()
+        s.add(Handle(clerk_id=two.id, customer_id=old.id, n=7))
+        await s.commit()
+    first_done, second_done = asyncio.Event(), asyncio.Event()
+
+    async def batch(clerks, customers, mine: asyncio.Event, other: asyncio.Event):
+        async with gw.db() as s:
+            a = await advisors.handle_for(s, clerks[0], customers[0])
+            mine.set()
+            await other.wait()  # both hold their first number, uncommitted
+            b = await advisors.handle_for(s, clerks[1], customers[1])
+            await s.commit()
+            return a, b
+
+    got = await asyncio.wait_for(asyncio.gather(
+        batch([one.id, two.id], [people[0].id, people[1].id], first_done, second_done),
+        batch([two.id, one.id], [people[2].id, people[3].id], second_done, first_done)), 10)
+    async with gw.db() as s:
+        rows = (await s.execute(sa.select(Handle.clerk_id, Handle.customer_id, Handle.n))).all()
+    by_clerk = {}
+    for clerk_id, customer_id, n in rows:
+        by_clerk.setdefault(clerk_id, []).append(n)
+    assert sorted(by_clerk[one.id]) == [1, 2] and sorted(by_clerk[two.id]) == [7, 8, 9]
+    assert {n for pair in got for n in pair} == {1, 2, 8, 9}
