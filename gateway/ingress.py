@@ -63,7 +63,7 @@ class Ingress:
         self._claims = Batcher(self._insert_claims, name="ingress-claims")
         self._workers: list[asyncio.Task] = []
         cfg = gw.config.ingress
-        self.n_workers = cfg.workers or (1 if gw.config.database.is_sqlite else 4)  # SQLite has one writer
+        self.n_workers = cfg.workers or 1
         # One queue per worker, chosen by sender: a peer's events are applied in order by one worker,
         # and workers never contend for the same customer's rows (which deadlocked on PostgreSQL).
         self._work: list[asyncio.Queue] = [asyncio.Queue() for _ in range(self.n_workers)]
