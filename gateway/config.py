@@ -102,7 +102,7 @@ class IngressConfig(_Section):
     # one processor's batches grow with the backlog (4 on PostgreSQL: 4× smaller batches, +40 % CPU per message).
     workers: int | None = Field(1, ge=1, le=64)  # null (earlier examples): 1
     batch: int = Field(200, ge=1, le=1000)  # most claims applied in one transaction (set-wise)
-    linger_ms: float = Field(0.0, ge=0, le=1000)  # a processor waits this long for more claims to batch
+    linger_ms: float = Field(5.0, ge=0, le=1000)  # a processor waits this long for more claims to batch
 
 
 class MaxPushes(_Section):
