@@ -179,7 +179,7 @@ async def test_handles_for_two_clerks_in_opposite_orders_never_deadlock(gw, back
     async with gw.db() as s:
         rows = (await s.execute(sa.select(Handle.clerk_id, Handle.customer_id, Handle.n))).all()
     by_clerk = {}
-    for clerk_id, customer_id, n in rows:
+    for clerk_id, _customer_id, n in rows:
         by_clerk.setdefault(clerk_id, []).append(n)
     assert sorted(by_clerk[one.id]) == [1, 2] and sorted(by_clerk[two.id]) == [7, 8, 9]
     assert {n for pair in got for n in pair} == {1, 2, 8, 9}
