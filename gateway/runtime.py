@@ -63,7 +63,7 @@ class Gateway:
         self._claim_engine = (make_engine(config.database.url, pool_size=2)
                               if self._owns_engine and not config.database.is_sqlite else None)
         self.claim_db = session_factory(self._claim_engine) if self._claim_engine else self.db
-        self.signatures = SignatureBook(self.db, self.clock)
+        self.signatures = SignatureBook(self.claim_db, self.clock)  # on the ack path, as claims
         postgres = self.engine.dialect.name == "postgresql"
         if config.server.fanout == "postgres" or (config.server.fanout == "auto" and postgres):
             self._hub: Hub = PgHub(self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
@@ -155,6 +155,7 @@ class Gateway:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.leadership.release()
+        await self.signatures.close()
         await self.ingress.stop(grace)
         await self.outbox.stop(grace)
         for adapter in self.adapters.values():
