@@ -56,6 +56,12 @@ async def run(cfg: Config, *, migrate: bool = True, seed: bool = True, reuse_por
     # access_log=None: our middleware logs each request with its request id (gateway/logs.py)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=cfg.server.shutdown_grace, access_log=None)
     await runner.setup()
+    # Before the port opens: a SIGTERM that comes while the first-run seed still runs (a supervisor
+    # or a test stopping a gateway that answers /readyz already) drains instead of killing us.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_port=reuse_port or None)
     await site.start()
     if seed and cfg.server.first_run_seed:
@@ -64,10 +70,6 @@ async def run(cfg: Config, *, migrate: bool = True, seed: bool = True, reuse_por
             print(banner(info), flush=True)
     log.info("serving on http://%s:%s (console /console/, accounts: %s)", cfg.server.host, cfg.server.port,
              ", ".join(gw.adapters))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     orphan = asyncio.create_task(_until_orphaned(supervisor, stop)) if supervisor else None
     await stop.wait()
     if orphan is not None:

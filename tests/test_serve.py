@@ -60,6 +60,36 @@ async def test_serve_migrates_serves_and_drains_on_sigterm(tmp_path):
     assert conn.execute("SELECT count(*) FROM outbox WHERE status != 'sent'").fetchone() == (0,)
 
 
+async def test_a_sigterm_as_soon_as_it_answers_still_drains(tmp_path):
+    """SIGTERM right after /readyz first answers — the first-run seed may still be running —
+    stops the gateway cleanly (exit 0, the seed finished and printed) instead of killing it
+    (-15: the signal handlers were set only after the seed; CI hit it once)."""
+    port, db = free_port(), tmp_path / "serve.db"
+    env = {**os.environ, "GATEWAY__DATABASE__URL": f"sqlite+aiosqlite:///{db}", "GATEWAY__SERVER__PORT": str(port),
+           "GATEWAY__ACCOUNTS__WEBCHAT__SECRET": "serve-test-secret-0123"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "serve", cwd=tmp_path, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("gateway did not become ready")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert "First run" in out.decode()
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 async def test_workers_share_one_port_and_relay_across_processes(backend, db_url, tmp_path):
     """`--workers 2`: two processes answer on one port (SO_REUSEPORT); a relay processed by either
