@@ -18,6 +18,19 @@ from adapters.webchat.simulator import BrandApp
 ROOT = Path(__file__).resolve().parents[1]
 
 
+async def until_ready(http: aiohttp.ClientSession, base: str, tries: int = 100, pause: float = 0.1) -> None:
+    """Poll /readyz until the gateway answers 200."""
+    for _ in range(tries):
+        try:
+            async with http.get(f"{base}/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(pause)
+    raise AssertionError("gateway did not become ready")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -33,16 +46,7 @@ async def test_serve_migrates_serves_and_drains_on_sigterm(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                try:
-                    async with http.get(f"{base}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("gateway did not become ready")
+            await until_ready(http, base)
             customer = await BrandApp(http, base, "webchat", "serve-test-secret-0123").login("u-1", "甲")
             statuses = [(await customer.say(f"m{i}"))[0] for i in range(20)]
             assert statuses == [202] * 20
@@ -71,16 +75,7 @@ async def test_a_sigterm_as_soon_as_it_answers_still_drains(tmp_path):
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.02)
-            else:
-                raise AssertionError("gateway did not become ready")
+            await until_ready(http, f"http://127.0.0.1:{port}", tries=200, pause=0.02)
         proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
     finally:
