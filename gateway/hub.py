@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import defaultdict
+import time
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 
 log = logging.getLogger("gateway.hub")
@@ -21,10 +22,21 @@ Signal = Callable[[str | None], None]
 
 
 class Hub:
-    def __init__(self, queue_size: int = 256):
+    """A new subscriber first gets what was published to its key in the last `replay_seconds`.
+
+    Why: a page catches up from the history after its socket opens, and the history shows a
+    message once its send is recorded — which the outbox does (in a batch) just after publishing
+    it. A message published before the socket opened and recorded after the catch-up read was in
+    neither: the page missed it until reloaded. The replay covers that gap (pages dedupe by id)."""
+
+    def __init__(self, queue_size: int = 256, *, replay_seconds: float = 10.0, replay_max: int = 20_000):
         self._subs: dict[tuple[str, str], set[asyncio.Queue]] = defaultdict(set)
         self._queue_size = queue_size
         self._signals: dict[str, list[Signal]] = defaultdict(list)
+        self._replay_seconds, self._replay_max = replay_seconds, replay_max
+        # key -> (published at, payload), oldest key first; bounded in age and in total count
+        self._recent: OrderedDict[tuple[str, str], deque[tuple[float, dict]]] = OrderedDict()
+        self._recent_count = 0
 
     def listen(self, channel: str, callback: Signal) -> None:
         """Call `callback` for each signal on `channel` from other processes (none reach a
@@ -40,8 +52,37 @@ class Hub:
 
     def subscribe(self, account: str, external_id: str) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue(self._queue_size)
-        self._subs[(account, external_id)].add(q)
+        key = (account, external_id)
+        now = time.monotonic()
+        self._expire(now)
+        for at, payload in self._recent.get(key, ()):
+            if at >= now - self._replay_seconds:
+                q.put_nowait(payload)
+        self._subs[key].add(q)
         return q
+
+    def _remember(self, key: tuple[str, str], payload: dict) -> None:
+        now = time.monotonic()
+        self._expire(now)
+        recent = self._recent.pop(key, None) or deque(maxlen=self._queue_size)
+        if len(recent) == recent.maxlen:
+            self._recent_count -= 1
+        recent.append((now, payload))
+        self._recent[key] = recent  # the most recently published key goes last
+        self._recent_count += 1
+
+    def _expire(self, now: float) -> None:
+        """Drop what is older than the replay window, or the oldest beyond the count bound."""
+        while self._recent:
+            key, recent = next(iter(self._recent.items()))
+            while recent and (recent[0][0] < now - self._replay_seconds or self._recent_count > self._replay_max):
+                recent.popleft()
+                self._recent_count -= 1
+            if recent:
+                # Keys are ordered by their last publish, not their first entry: stop at the first
+                # key still holding something; the next publish or subscribe continues.
+                return
+            del self._recent[key]
 
     def unsubscribe(self, account: str, external_id: str, q: asyncio.Queue) -> None:
         subs = self._subs.get((account, external_id))
@@ -53,6 +94,7 @@ class Hub:
     def publish(self, account: str, external_id: str, payload: dict) -> int:
         """Returns how many live connections got it. A full queue (a stuck client) is skipped:
         the message is in the database and the client catches up with `?after=`."""
+        self._remember((account, external_id), payload)
         n = 0
         for q in list(self._subs.get((account, external_id), ())):
             try:
