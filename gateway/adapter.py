@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -75,14 +75,12 @@ class Capabilities:
     burst: int = 20
     platform_rate: bool = True  # the rate is the platform's cap: shared by every process (gateway/quota.py)
     reply_window: timedelta | None = None  # e.g. 48 h on the Official Account
-    max_text_bytes: int | None = None
     # Per-customer cap on pushes the platform enforces: (period, limit) with period month | week |
     # day; limit None = as many as the month has days (WeCom's default). Checked before enqueueing.
     push_cap: tuple[str, int | None] | None = None
     transfers_contacts: bool = False  # contacts belong to members: a handover moves them through the platform
     notice_fallback: bool = False  # a notice form (template message) may carry a reply the window refuses
     customer_send_note: str | None = None  # told to the clerk after each reply they send this way
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -35,7 +35,7 @@ class DingTalkAdapter(Adapter):
     platform = "dingtalk"
     side = "clerk"
     # burst 1: DingTalk refuses a 21st call within a second; a bucket of 20 on top of 20/s let 40 through
-    caps = Capabilities(segments=codec.SEGMENTS, rate_per_sec=20, burst=1, max_text_bytes=2048)
+    caps = Capabilities(segments=codec.SEGMENTS, rate_per_sec=20, burst=1)
     config_class = DingTalkConfig
     config: DingTalkConfig
 

@@ -47,8 +47,7 @@ WINDOWS = {"message": (timedelta(hours=48), 5), "event": (timedelta(minutes=1), 
 class WeChatMpAdapter(Adapter):
     platform = "wechat_mp"
     side = "customer"
-    caps = Capabilities(segments=codec.SEGMENTS, rate_per_sec=50, burst=50, reply_window=timedelta(hours=48),
-                        max_text_bytes=codec.TEXT_LIMIT)
+    caps = Capabilities(segments=codec.SEGMENTS, rate_per_sec=50, burst=50, reply_window=timedelta(hours=48))
     config_class = WeChatMpConfig
     config: WeChatMpConfig
 

@@ -52,7 +52,7 @@ class WeComAdapter(Adapter):
     platform = "wecom"
     side = "clerk"  # the app's members are clerks; external contacts arrive as customer-side events
     # 10,000 calls per API per minute per corp (page 90454): ~166/s, kept a little under it.
-    caps = Capabilities(segments=codec.APP_SEGMENTS, rate_per_sec=150, burst=150, max_text_bytes=codec.TEXT_LIMIT,
+    caps = Capabilities(segments=codec.APP_SEGMENTS, rate_per_sec=150, burst=150,
                         transfers_contacts=True,  # a handover moves the contact through WeCom
                         customer_send_note="微信客户的消息以群发任务送达，请在企业微信中确认发送。"
                                            " (WeChat contacts get it as a task: confirm it in WeCom.)")
